@@ -1,0 +1,1 @@
+"""Kafka-free runtime: encoder, vector store, profile maths, retrieval, ranking, explanations."""

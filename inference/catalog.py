@@ -1,0 +1,133 @@
+"""The item catalog as the worker sees it: item text, a cache of item vectors, fresh popularity."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference.profiles import decay
+from inference.schemas import Item
+from inference.store import Point, VectorStore
+
+ITEMS = "items"
+
+
+def item_text(title: str, category: str | None = None, description: str | None = None) -> str:
+    """The text the encoder embeds for an item: title first (it carries most signal), then the rest."""
+    parts = [title.strip()]
+    if category:
+        parts.append(category.strip())
+    if description:
+        parts.append(description.strip())
+    return ". ".join(p for p in parts if p)
+
+
+def text_hash(text: str, model_version: str) -> str:
+    """Identifies an embedding: unchanged text under the same model needs no re-embedding."""
+    return hashlib.blake2b(f"{model_version}\n{text}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    item_id: str
+    vector: np.ndarray
+    title: str
+    category: str | None
+    price: float | None
+    in_stock: bool
+
+
+def item_payload(item: Item, digest: str) -> dict:
+    return {
+        "title": item.title,
+        "category": item.category,
+        "price": item.price,
+        "in_stock": item.in_stock,
+        "text_hash": digest,
+    }
+
+
+def record_from_point(point: Point) -> ItemRecord:
+    p = point.payload
+    return ItemRecord(
+        item_id=point.id,
+        vector=np.asarray(point.vector, dtype=np.float32),
+        title=p.get("title", point.id),
+        category=p.get("category"),
+        price=p.get("price"),
+        in_stock=bool(p.get("in_stock", True)),
+    )
+
+
+class ItemCache:
+    """LRU cache of item records in front of the vector store; one store call per batch of misses."""
+
+    def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000):
+        self._store, self._collection, self._capacity = store, collection, capacity
+        self._records: OrderedDict[str, ItemRecord] = OrderedDict()
+
+    def put(self, record: ItemRecord) -> None:
+        self._records[record.item_id] = record
+        self._records.move_to_end(record.item_id)
+        while len(self._records) > self._capacity:
+            self._records.popitem(last=False)
+
+    def forget(self, item_id: str) -> None:
+        self._records.pop(item_id, None)
+
+    def get_many(self, item_ids: Iterable[str]) -> dict[str, ItemRecord]:
+        wanted = list(dict.fromkeys(item_ids))
+        found = {i: self._records[i] for i in wanted if i in self._records}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            for point in self._store.retrieve(self._collection, missing, with_vectors=True):
+                record = record_from_point(point)
+                self.put(record)
+                found[record.item_id] = record
+        return found
+
+    def records(self) -> Iterable[ItemRecord]:
+        return self._records.values()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+class Popularity:
+    """Time-decayed interaction counts per item, decayed to the newest event time seen."""
+
+    def __init__(self, half_life_s: float):
+        self._half_life_s = half_life_s
+        self._counts: dict[str, tuple[float, float]] = {}
+        self.now = 0.0
+
+    def add(self, item_id: str, weight: float, ts: float) -> None:
+        count, updated = self._counts.get(item_id, (0.0, ts))
+        ref = max(ts, updated)
+        self._counts[item_id] = (count * decay(ref - updated, self._half_life_s) + weight, ref)
+        self.now = max(self.now, ts)
+
+    def value(self, item_id: str) -> float:
+        count, updated = self._counts.get(item_id, (0.0, self.now))
+        return count * decay(self.now - updated, self._half_life_s)
+
+    def values(self, item_ids: Sequence[str]) -> dict[str, float]:
+        return {i: self.value(i) for i in item_ids}
+
+    def top(self, n: int) -> list[str]:
+        return [i for i, _ in heapq.nlargest(n, ((i, self.value(i)) for i in self._counts), key=lambda t: t[1])]
+
+    def forget(self, item_id: str) -> None:
+        self._counts.pop(item_id, None)
+
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        return dict(self._counts)
+
+    def restore(self, item_id: str, count: float, updated: float) -> None:
+        self._counts[item_id] = (count, updated)
+        self.now = max(self.now, updated)

@@ -1,0 +1,122 @@
+"""User profiles persisted in the vector store's `users` collection, with an LRU cache in front.
+
+Why the vector store and not a Faust table: its write-ahead log makes a profile durable the
+moment it is upserted (so offsets can be committed after it), it survives a restart of the dev
+broker (which keeps nothing), and the HTTP view and the CLI read the same state the worker
+writes. The point's vector is the user's long-term interest, usable for user-user search.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from inference.profiles import Interest, Profile, RecentItem, Rfm
+from inference.schemas import EventType
+from inference.store import Point, VectorStore
+
+USERS = "users"
+
+
+def _interest_to_json(interest: Interest | None) -> dict | None:
+    if interest is None:
+        return None
+    return {"total": interest.total.tolist(), "mass": interest.mass, "updated": interest.updated}
+
+
+def _interest_from_json(data: dict | None) -> Interest | None:
+    if data is None:
+        return None
+    return Interest(np.asarray(data["total"], dtype=np.float32), float(data["mass"]), float(data["updated"]))
+
+
+def profile_to_point(profile: Profile, dim: int) -> Point:
+    direction = profile.long_term.direction() if profile.long_term else None
+    if direction is None:
+        # Qdrant needs a vector for every point; a user with no interest yet gets a fixed unit one.
+        direction = np.zeros(dim, dtype=np.float32)
+        direction[0] = 1.0
+    payload = {
+        "user_id": profile.user_id,
+        "long_term": _interest_to_json(profile.long_term),
+        "session": _interest_to_json(profile.session),
+        "session_id": profile.session_id,
+        "categories": profile.categories,
+        "categories_updated": profile.categories_updated,
+        "recent": [[r.item_id, r.type.value, r.ts] for r in profile.recent],
+        "purchased": list(profile.purchased),
+        "seen_events": list(profile.seen_events),
+        "rfm": {
+            "first_ts": profile.rfm.first_ts,
+            "last_purchase_ts": profile.rfm.last_purchase_ts,
+            "purchases": profile.rfm.purchases,
+            "monetary": profile.rfm.monetary,
+        },
+        "events": profile.events,
+        "stated_interest": profile.stated_interest,
+    }
+    return Point(id=profile.user_id, vector=direction, payload=payload)
+
+
+def profile_from_point(point: Point) -> Profile:
+    p = point.payload
+    return Profile(
+        user_id=p["user_id"],
+        long_term=_interest_from_json(p.get("long_term")),
+        session=_interest_from_json(p.get("session")),
+        session_id=p.get("session_id"),
+        categories={str(k): float(v) for k, v in (p.get("categories") or {}).items()},
+        categories_updated=p.get("categories_updated"),
+        recent=tuple(RecentItem(i, EventType(t), float(ts)) for i, t, ts in p.get("recent", [])),
+        purchased=tuple(p.get("purchased", [])),
+        seen_events=tuple(p.get("seen_events", [])),
+        rfm=Rfm(**p.get("rfm", {})),
+        events=int(p.get("events", 0)),
+        stated_interest=bool(p.get("stated_interest", False)),
+    )
+
+
+class ProfileRepository:
+    """Loads and saves profiles in batches; the cache makes a user's next event a memory hit."""
+
+    def __init__(self, store: VectorStore, dim: int, *, collection: str = USERS, capacity: int = 100_000):
+        self._store, self._dim, self._collection, self._capacity = store, dim, collection, capacity
+        self._cache: OrderedDict[str, Profile] = OrderedDict()
+
+    def _remember(self, profile: Profile) -> None:
+        self._cache[profile.user_id] = profile
+        self._cache.move_to_end(profile.user_id)
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, Profile]:
+        """Every requested user, new users as empty profiles."""
+        wanted = list(dict.fromkeys(user_ids))
+        found = {u: self._cache[u] for u in wanted if u in self._cache}
+        missing = [u for u in wanted if u not in found]
+        if missing:
+            for point in self._store.retrieve(self._collection, missing):
+                found[point.id] = profile_from_point(point)
+                self._remember(found[point.id])
+        return {u: found.get(u) or Profile(user_id=u) for u in wanted}
+
+    def get(self, user_id: str) -> Profile:
+        return self.get_many([user_id])[user_id]
+
+    def save_many(self, profiles: Sequence[Profile]) -> None:
+        """One store call; the cache is updated only after the write succeeded."""
+        if not profiles:
+            return
+        self._store.upsert(self._collection, [profile_to_point(p, self._dim) for p in profiles])
+        for p in profiles:
+            self._remember(p)
+
+    def delete(self, user_id: str) -> None:
+        self._store.delete(self._collection, [user_id])
+        self._cache.pop(user_id, None)
+
+    def invalidate(self) -> None:
+        """Drop the cache (e.g. after a store error, so the next read sees what is durable)."""
+        self._cache.clear()

@@ -1,0 +1,219 @@
+"""User profile maths: incremental, time-decayed, event-weighted interest state.
+
+Pure functions over a `Profile` value: nothing here does I/O, so the rules are tested in
+milliseconds and the worker only adds storage around them. Each update folds one event into
+the previous state (no recomputation from history).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from inference.schemas import EventType
+
+EVENT_WEIGHTS: dict[EventType, float] = {
+    EventType.purchase: 8.0,
+    EventType.add_to_cart: 4.0,
+    EventType.click: 2.0,
+    EventType.view: 1.0,
+    EventType.search: 1.5,
+    EventType.remove_from_cart: 0.0,
+    EventType.impression: 0.0,
+}
+"""How much one event of each type moves interest: purchase > cart > click > view."""
+
+CATEGORY_WEIGHTS: dict[EventType, float] = {**EVENT_WEIGHTS, EventType.remove_from_cart: -2.0}
+
+MAX_RECENT = 20
+MAX_PURCHASED = 500
+MAX_SEEN_EVENTS = 1_000
+MAX_CATEGORIES = 50
+INTENT_MASS = 4.0
+"""Weight of a user's stated interests: about half a purchase, so real behaviour soon dominates."""
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    long_term_half_life_s: float = 30 * 86_400.0
+    session_half_life_s: float = 30 * 60.0
+    session_gap_s: float = 30 * 60.0
+    session_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class Interest:
+    """A decayed weighted sum of item vectors: `total / mass` is the mean interest."""
+
+    total: np.ndarray
+    mass: float
+    updated: float  # epoch seconds of the last event folded in
+
+    def direction(self) -> np.ndarray | None:
+        norm = float(np.linalg.norm(self.total))
+        return None if norm == 0.0 or not math.isfinite(norm) else self.total / norm
+
+
+@dataclass(frozen=True)
+class RecentItem:
+    item_id: str
+    type: EventType
+    ts: float
+
+
+@dataclass(frozen=True)
+class Rfm:
+    """Recency, frequency, monetary aggregates kept incrementally."""
+
+    first_ts: float | None = None
+    last_purchase_ts: float | None = None
+    purchases: int = 0
+    monetary: float = 0.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: str
+    long_term: Interest | None = None
+    session: Interest | None = None
+    session_id: str | None = None
+    categories: dict[str, float] = field(default_factory=dict)
+    categories_updated: float | None = None  # None: no category seen yet
+    recent: tuple[RecentItem, ...] = ()
+    purchased: tuple[str, ...] = ()
+    seen_events: tuple[str, ...] = ()
+    rfm: Rfm = Rfm()
+    events: int = 0
+    stated_interest: bool = False  # the profile was seeded from the user's own words
+
+
+def decay(dt_s: float, half_life_s: float) -> float:
+    """Factor by which old interest shrinks after `dt_s` seconds; out-of-order events don't grow it."""
+    return 0.5 ** (max(dt_s, 0.0) / half_life_s)
+
+
+def fold(interest: Interest | None, vector: np.ndarray, weight: float, ts: float, half_life_s: float) -> Interest:
+    """Add one weighted vector to a decayed sum."""
+    if interest is None:
+        return Interest(total=(weight * vector).astype(np.float32), mass=weight, updated=ts)
+    f = decay(ts - interest.updated, half_life_s)
+    return Interest(
+        total=(interest.total * f + weight * vector).astype(np.float32),
+        mass=interest.mass * f + weight,
+        updated=max(ts, interest.updated),
+    )
+
+
+def is_duplicate(profile: Profile, event_id: str) -> bool:
+    return event_id in profile.seen_events
+
+
+def _bounded_append(values: tuple, value, limit: int) -> tuple:
+    return (values + (value,))[-limit:]
+
+
+def update_categories(
+    categories: dict[str, float], updated: float | None, category: str, weight: float, ts: float, half_life_s: float
+) -> tuple[dict[str, float], float]:
+    """Decay every category score, add this event's weight, keep the strongest MAX_CATEGORIES."""
+    f = 1.0 if updated is None else decay(ts - updated, half_life_s)
+    scores = {c: s * f for c, s in categories.items()}
+    scores[category] = scores.get(category, 0.0) + weight
+    if len(scores) > MAX_CATEGORIES:
+        scores = dict(sorted(scores.items(), key=lambda cs: cs[1], reverse=True)[:MAX_CATEGORIES])
+    return scores, ts if updated is None else max(ts, updated)
+
+
+def apply_event(
+    profile: Profile,
+    *,
+    event_id: str,
+    type: EventType,
+    ts: float,
+    item_id: str | None,
+    vector: np.ndarray | None,
+    category: str | None,
+    session_id: str | None,
+    quantity: int,
+    price: float | None,
+    params: ProfileParams,
+) -> Profile:
+    """Fold one event into a profile. A duplicate `event_id` returns the profile unchanged."""
+    if is_duplicate(profile, event_id):
+        return profile
+    weight = EVENT_WEIGHTS[type]
+    long_term, session = profile.long_term, profile.session
+    new_session = session is not None and (
+        (session_id is not None and session_id != profile.session_id)
+        or ts - session.updated > params.session_gap_s
+    )
+    if new_session:
+        session = None
+    if vector is not None and weight > 0:
+        long_term = fold(long_term, vector, weight, ts, params.long_term_half_life_s)
+        session = fold(session, vector, weight, ts, params.session_half_life_s)
+
+    categories, categories_updated = profile.categories, profile.categories_updated
+    if category is not None and CATEGORY_WEIGHTS[type] != 0:
+        categories, categories_updated = update_categories(
+            categories, categories_updated, category, CATEGORY_WEIGHTS[type], ts, params.long_term_half_life_s
+        )
+
+    recent, purchased, rfm = profile.recent, profile.purchased, profile.rfm
+    if item_id is not None and type is not EventType.impression:
+        recent = _bounded_append(tuple(r for r in recent if r.item_id != item_id), RecentItem(item_id, type, ts), MAX_RECENT)
+    rfm = replace(rfm, first_ts=ts if rfm.first_ts is None else min(rfm.first_ts, ts))
+    if type is EventType.purchase and item_id is not None:
+        if item_id not in purchased:
+            purchased = _bounded_append(purchased, item_id, MAX_PURCHASED)
+        rfm = replace(
+            rfm,
+            last_purchase_ts=ts if rfm.last_purchase_ts is None else max(rfm.last_purchase_ts, ts),
+            purchases=rfm.purchases + 1,
+            monetary=rfm.monetary + quantity * (price or 0.0),
+        )
+    return replace(
+        profile,
+        long_term=long_term,
+        session=session,
+        session_id=session_id if session_id is not None else profile.session_id,
+        categories=categories,
+        categories_updated=categories_updated,
+        recent=recent,
+        purchased=purchased,
+        seen_events=_bounded_append(profile.seen_events, event_id, MAX_SEEN_EVENTS),
+        rfm=rfm,
+        events=profile.events + 1,
+    )
+
+
+def apply_stated_interest(profile: Profile, vector: np.ndarray, ts: float, params: ProfileParams) -> Profile:
+    """Seed (or nudge) the long-term interest with the embedding of the user's own words."""
+    return replace(
+        profile,
+        long_term=fold(profile.long_term, vector, INTENT_MASS, ts, params.long_term_half_life_s),
+        stated_interest=True,
+    )
+
+
+def query_vector(profile: Profile, params: ProfileParams) -> np.ndarray | None:
+    """The unit vector to retrieve with: long-term interest blended with the live session."""
+    long_dir = profile.long_term.direction() if profile.long_term else None
+    session_dir = profile.session.direction() if profile.session else None
+    if long_dir is None:
+        return session_dir
+    if session_dir is None:
+        return long_dir
+    mixed = (1 - params.session_weight) * long_dir + params.session_weight * session_dir
+    norm = float(np.linalg.norm(mixed))
+    return long_dir if norm == 0.0 else (mixed / norm).astype(np.float32)
+
+
+def category_affinity(profile: Profile) -> dict[str, float]:
+    """Category scores scaled to [0, 1] by the strongest one (negative scores count as 0)."""
+    top = max((s for s in profile.categories.values()), default=0.0)
+    if top <= 0:
+        return {}
+    return {c: max(s, 0.0) / top for c, s in profile.categories.items()}

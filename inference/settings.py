@@ -1,0 +1,57 @@
+"""Settings of the Kafka-free runtime: state location, vector store, encoder, profile and ranking knobs.
+
+Every field can be set by an environment variable `STREAMREC_<FIELD>` (case-insensitive).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InferenceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".streamrec"),
+        description="Where embedded vector-store state, exported models and caches live.",
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server URL (http://host:6333). Unset: the embedded engine under data_dir.",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key.")
+    qdrant_timeout_s: float = Field(default=10.0, gt=0, description="Qdrant request timeout.")
+
+    encoder_model_dir: Path | None = Field(
+        default=None,
+        description="A Hugging Face model folder to export and serve. Unset: the shipped all-MiniLM-L6-v2.",
+    )
+    encoder_onnx_dir: Path | None = Field(
+        default=None,
+        description="An already exported encoder folder (model.onnx + manifest.json); wins over encoder_model_dir.",
+    )
+    encoder_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA provider when present, else CPU."
+    )
+    encoder_batch_size: int = Field(default=64, ge=1, le=4096)
+    encoder_threads: int | None = Field(default=None, ge=1, description="onnxruntime intra-op threads.")
+
+    long_term_half_life_days: float = Field(default=30.0, gt=0)
+    session_half_life_minutes: float = Field(default=30.0, gt=0)
+    session_gap_minutes: float = Field(default=30.0, gt=0, description="Inactivity that starts a new session.")
+    session_weight: float = Field(default=0.5, ge=0, le=1, description="Share of the session vector in the query.")
+
+    candidates: int = Field(default=100, ge=1, le=1000, description="ANN candidates retrieved before re-ranking.")
+    default_k: int = Field(default=10, ge=1, le=200)
+    exclude_purchased: bool = Field(
+        default=True, description="Leave items the user already bought out of recommendations."
+    )
+    weight_similarity: float = Field(default=1.0, ge=0)
+    weight_popularity: float = Field(default=0.15, ge=0)
+    weight_category: float = Field(default=0.1, ge=0)
+    popularity_half_life_days: float = Field(default=7.0, gt=0)
+    profile_cache_size: int = Field(default=100_000, ge=1, description="User profiles kept in memory.")

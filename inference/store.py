@@ -1,0 +1,928 @@
+"""Vector-store adapter: one interface over embedded Qdrant Edge and qdrant-client.
+
+Two backends sit behind `VectorStore`:
+
+- `EdgeStore`: Qdrant's embedded engine (`qdrant-edge-py`), one `EdgeShard` per collection
+  under ``data_dir/qdrant/<collection>/``. The default for the demo and single-machine use.
+- `QdrantClientStore`: `qdrant-client`, against a server (production) or in its local
+  ``":memory:"`` mode (an exact-search Python fallback for small test fixtures).
+
+`open_store` picks one from the settings. Callers use string ids; Qdrant only takes unsigned
+integers or UUIDs, so each id is stored as ``uuid5(ID_NAMESPACE, id)`` and the original string
+is kept in the payload under the reserved key ``"_key"``, which never leaves this module.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import qdrant_edge as qe
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+__all__ = [
+    "ID_NAMESPACE",
+    "KEY_FIELD",
+    "CollectionNotFound",
+    "DimensionMismatch",
+    "EdgeStore",
+    "Filter",
+    "Hit",
+    "Point",
+    "PointNotFound",
+    "QdrantClientStore",
+    "StoreError",
+    "StoreUnavailable",
+    "VectorStore",
+    "open_store",
+    "point_uuid",
+]
+
+# Fixed forever: stored point ids are derived from it (uuid5(NAMESPACE_URL, "streamrec:point-id")).
+ID_NAMESPACE = uuid.UUID("22c787ed-2123-5ea4-b0fc-f795d7e7bfe2")
+KEY_FIELD = "_key"
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_META_FILE = "collection.json"
+_SHARD_DIR = "shard"
+_LOCK_FILE = ".lock"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StoreError(RuntimeError):
+    """A vector-store operation failed."""
+
+
+class DimensionMismatch(StoreError):
+    """A collection or vector has another dimension than the one asked for."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be used now: the server is unreachable or the directory is locked."""
+
+
+class CollectionNotFound(StoreError):
+    """The collection does not exist (call `ensure_collection` first)."""
+
+
+class PointNotFound(StoreError):
+    """`set_payload` was given the id of a point that does not exist."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Point:
+    """A stored item: caller's string id, float32 vector (None when not fetched), payload."""
+
+    id: str
+    vector: np.ndarray | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; `vector` is filled only when the search asked for vectors."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Conditions a search result must meet; all given conditions must hold."""
+
+    equals: Mapping[str, str | int | bool] = field(default_factory=dict)
+    any_of: Mapping[str, Sequence[str | int]] = field(default_factory=dict)
+    exclude_ids: Sequence[str] = ()
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, value in self.equals.items():
+            if not isinstance(value, (str, bool, numbers.Integral)):
+                raise TypeError(
+                    f"Filter.equals[{key!r}] = {value!r}: only str, int and bool can be matched "
+                    "exactly; use ranges for floats"
+                )
+        for key, values in self.any_of.items():
+            if isinstance(values, (str, bytes)):
+                raise TypeError(f"Filter.any_of[{key!r}] must be a sequence of values, not a string")
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (str, numbers.Integral))]
+            if bad:
+                raise TypeError(f"Filter.any_of[{key!r}] holds {bad!r}: only str and int values are allowed")
+        if isinstance(self.exclude_ids, str):
+            raise TypeError("Filter.exclude_ids must be a sequence of ids, not a string")
+        for key, bounds in self.ranges.items():
+            if len(bounds) != 2:
+                raise TypeError(f"Filter.ranges[{key!r}] must be a (lo, hi) pair; use None for an open end")
+
+
+def point_uuid(id: str) -> str:
+    """The Qdrant point id under which the caller's string `id` is stored: uuid5(ID_NAMESPACE, id)."""
+    # uuid.uuid5 spelled out: 5x faster, and it runs for every id of every upsert and filter
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class VectorStore(ABC):
+    """Collections of float32 vectors under cosine distance, with JSON-like payloads."""
+
+    @abstractmethod
+    def ensure_collection(
+        self,
+        name: str,
+        dim: int,
+        *,
+        keyword_fields: Sequence[str] = (),
+        bool_fields: Sequence[str] = (),
+        float_fields: Sequence[str] = (),
+    ) -> None:
+        """Create the collection and its payload indexes if missing; idempotent.
+
+        Raises DimensionMismatch if the collection exists with another dimension.
+        """
+
+    @abstractmethod
+    def has_collection(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> None:
+        """Delete the collection and all its points; no-op if it does not exist."""
+
+    @abstractmethod
+    def upsert(self, name: str, points: Sequence[Point]) -> None:
+        """Insert or replace points (vector and whole payload), as one batched call."""
+
+    @abstractmethod
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        """Merge top-level `payload` keys into an existing point's payload.
+
+        Raises PointNotFound if there is no such point.
+        """
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Delete points; unknown ids are ignored. Deleted points leave search at once."""
+
+    @abstractmethod
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        """Points by id, in the order of `ids`; missing ids are omitted."""
+
+    @abstractmethod
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        limit: int,
+        *,
+        filter: Filter | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """The `limit` nearest points by cosine similarity, best first."""
+
+    @abstractmethod
+    def search_batch(
+        self, name: str, vectors: np.ndarray, limit: int, *, filters: Sequence[Filter | None]
+    ) -> list[list[Hit]]:
+        """`search` for each row of `vectors` with the matching filter, in one call."""
+
+    @abstractmethod
+    def count(self, name: str) -> int: ...
+
+    @abstractmethod
+    def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
+        """Every point of the collection, fetched `batch` at a time, in no promised order."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release the store; idempotent. The store is unusable afterwards."""
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+
+
+def _vector_list(name: str, vector: Any, dim: int) -> list[float]:
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise DimensionMismatch(
+            f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}"
+        )
+    return arr.tolist()
+
+
+def _matrix(name: str, vectors: Any, dim: int) -> np.ndarray:
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise DimensionMismatch(
+            f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}"
+        )
+    return arr
+
+
+def _stored_payload(point: Point) -> dict[str, Any]:
+    if KEY_FIELD in point.payload:
+        raise ValueError(f"payload key {KEY_FIELD!r} is reserved for the point id (point {point.id!r})")
+    return {**point.payload, KEY_FIELD: point.id}
+
+
+def _unpack(qdrant_id: Any, payload: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    payload = dict(payload or {})
+    key = payload.pop(KEY_FIELD, None)
+    return (key if isinstance(key, str) else str(qdrant_id)), payload
+
+
+def _as_array(vector: Any) -> np.ndarray | None:
+    if vector is None:
+        return None
+    if isinstance(vector, Mapping):  # named-vector form: the default vector is named ""
+        vector = vector.get("", next(iter(vector.values()), None))
+    return None if vector is None else np.asarray(vector, dtype=np.float32)
+
+
+def _in_id_order(ids: Sequence[str], points: Sequence[Point]) -> list[Point]:
+    by_id = {p.id: p for p in points}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+# --------------------------------------------------------------------------- edge backend
+
+
+def _edge_scalar(value: str | int | bool) -> Any:
+    if isinstance(value, bool):
+        # qdrant-edge 0.9.0 turns a Python bool into the integer 1/0 (bool is an int
+        # subclass), which never matches a stored JSON boolean; numpy.bool_ arrives as a bool.
+        return np.bool_(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return value
+
+
+def _edge_filter(f: Filter | None) -> qe.Filter | None:
+    if f is None:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for key, value in f.equals.items():
+        must.append(qe.FieldCondition(key, match=qe.MatchValue(_edge_scalar(value))))
+    for key, values in f.any_of.items():
+        must.append(qe.FieldCondition(key, match=qe.MatchAny([_edge_scalar(v) for v in values])))
+    for key, (lo, hi) in f.ranges.items():
+        if lo is not None or hi is not None:
+            must.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=lo, lte=hi)))
+    if f.exclude_ids:
+        must_not.append(qe.HasIdCondition({point_uuid(i) for i in f.exclude_ids}))
+    if not must and not must_not:
+        return None
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+_EDGE_SCHEMA = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "bool": qe.PayloadSchemaType.Bool,
+    "float": qe.PayloadSchemaType.Float,
+}
+
+
+class EdgeStore(VectorStore):
+    """Embedded Qdrant Edge: one shard per collection under `root`, exact (brute-force) search.
+
+    `root` is locked for the lifetime of the store: a second store on the same directory, in
+    this process or another, raises StoreUnavailable. HNSW is never built here
+    (`EdgeShard.optimize()` holds the GIL for minutes at 100k points).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = _lock_directory(self.root)
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._dims: dict[str, int] = {}
+        self._mutex = threading.RLock()
+
+    # -- collections
+
+    def ensure_collection(
+        self,
+        name: str,
+        dim: int,
+        *,
+        keyword_fields: Sequence[str] = (),
+        bool_fields: Sequence[str] = (),
+        float_fields: Sequence[str] = (),
+    ) -> None:
+        _check_name(name)
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        with self._mutex:
+            self._check_open()
+            meta = self._read_meta(name)
+            if meta is None:
+                # the meta file is written first: a crash before the shard exists leaves a
+                # collection that is created on first open, never a shard of unknown dim
+                _write_json(self._dir(name) / _META_FILE, {"format": 1, "dim": dim, "distance": "cosine"})
+            elif meta["dim"] != dim:
+                raise DimensionMismatch(
+                    f"collection {name!r} in {self._dir(name)} exists with dim {meta['dim']}, "
+                    f"not {dim}: drop it (drop_collection) or use another collection name"
+                )
+            shard = self._shard(name)
+            wanted = {f: "keyword" for f in keyword_fields}
+            wanted |= {f: "bool" for f in bool_fields}
+            wanted |= {f: "float" for f in float_fields}
+            with _edge_errors(f"creating payload indexes on {name!r}"):
+                existing = {k: v.data_type for k, v in shard.info().payload_schema.items()}
+                for field_name, kind in wanted.items():
+                    if existing.get(field_name) != _EDGE_SCHEMA[kind]:
+                        shard.update(qe.UpdateOperation.create_field_index(field_name, _EDGE_SCHEMA[kind]))
+
+    def has_collection(self, name: str) -> bool:
+        self._check_open()
+        return _NAME_RE.fullmatch(name) is not None and (self._dir(name) / _META_FILE).is_file()
+
+    def drop_collection(self, name: str) -> None:
+        _check_name(name)
+        with self._mutex:
+            self._check_open()
+            shard = self._shards.pop(name, None)
+            self._dims.pop(name, None)
+            if shard is not None:
+                with _edge_errors(f"closing {name!r}"):
+                    shard.close()
+            shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    # -- points
+
+    def upsert(self, name: str, points: Sequence[Point]) -> None:
+        shard, dim = self._shard(name), self._dims[name]
+        if not points:
+            return
+        batch = []
+        for p in points:
+            if p.vector is None:
+                raise ValueError(f"point {p.id!r} has no vector")
+            batch.append(qe.Point(point_uuid(p.id), _vector_list(name, p.vector, dim), _stored_payload(p)))
+        with _edge_errors(f"upserting into {name!r}"):
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        if KEY_FIELD in payload:
+            raise ValueError(f"payload key {KEY_FIELD!r} is reserved for the point id")
+        shard = self._shard(name)
+        if not payload:
+            return
+        with _edge_errors(f"setting payload of {id!r} in {name!r}"):
+            shard.update(qe.UpdateOperation.set_payload([point_uuid(id)], dict(payload)))
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        shard = self._shard(name)
+        if ids:
+            with _edge_errors(f"deleting from {name!r}"):
+                shard.update(qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        shard = self._shard(name)
+        if not ids:
+            return []
+        with _edge_errors(f"retrieving from {name!r}"):
+            records = shard.retrieve([point_uuid(i) for i in ids], True, with_vectors)
+        return _in_id_order(ids, [_edge_point(r, with_vectors) for r in records])
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        limit: int,
+        *,
+        filter: Filter | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        shard, dim = self._shard(name), self._dims[name]
+        query = _vector_list(name, vector, dim)
+        if limit <= 0:
+            return []
+        with _edge_errors(f"searching {name!r}"):
+            scored = shard.query(self._request(query, limit, filter, with_vectors))
+        return [_edge_hit(s, with_vectors) for s in scored]
+
+    def search_batch(
+        self, name: str, vectors: np.ndarray, limit: int, *, filters: Sequence[Filter | None]
+    ) -> list[list[Hit]]:
+        shard, dim = self._shard(name), self._dims[name]
+        matrix = _matrix(name, vectors, dim)
+        if len(filters) != len(matrix):
+            raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
+        if limit <= 0 or len(matrix) == 0:
+            return [[] for _ in range(len(matrix))]
+        requests = [self._request(row.tolist(), limit, f, False) for row, f in zip(matrix, filters)]
+        with _edge_errors(f"searching {name!r}"):
+            results = shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[_edge_hit(s, False) for s in scored] for scored in results]
+
+    def count(self, name: str) -> int:
+        shard = self._shard(name)
+        with _edge_errors(f"counting {name!r}"):
+            return shard.count(qe.CountRequest(exact=True))
+
+    def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, got {batch}")
+        shard = self._shard(name)
+        offset = None
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
+            with _edge_errors(f"scrolling {name!r}"):
+                records, offset = shard.scroll(request)
+            for r in records:
+                yield _edge_point(r, with_vectors)
+            if offset is None:
+                return
+
+    # -- lifecycle
+
+    def flush(self) -> None:
+        with self._mutex:
+            self._check_open()
+            for name, shard in self._shards.items():
+                with _edge_errors(f"flushing {name!r}"):
+                    shard.flush()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._lock_fd is None:
+                return
+            try:
+                for name, shard in self._shards.items():
+                    with _edge_errors(f"closing {name!r}"):
+                        shard.flush()
+                        shard.close()
+            finally:
+                self._shards.clear()
+                os.close(self._lock_fd)  # releases the directory lock
+                self._lock_fd = None
+
+    # -- internals
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _check_open(self) -> None:
+        if self._lock_fd is None:
+            raise StoreError(f"the vector store on {self.root} is closed")
+
+    def _read_meta(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self._dir(name) / _META_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        _check_name(name)
+        with self._mutex:
+            self._check_open()
+            shard = self._shards.get(name)
+            if shard is not None:
+                return shard
+            meta = self._read_meta(name)
+            if meta is None:
+                raise CollectionNotFound(f"collection {name!r} does not exist in {self.root}")
+            path = self._dir(name) / _SHARD_DIR
+            with _edge_errors(f"opening {path}"):
+                if (path / "edge_config.json").exists():
+                    shard = qe.EdgeShard.load(str(path))
+                else:
+                    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=meta["dim"], distance=qe.Distance.Cosine))
+                    shard = qe.EdgeShard.create(str(path), config)
+            self._dims[name] = meta["dim"]
+            self._shards[name] = shard
+            return shard
+
+    @staticmethod
+    def _request(vector: list[float], limit: int, f: Filter | None, with_vectors: bool) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(vector),
+            filter=_edge_filter(f),
+            with_payload=True,
+            with_vector=with_vectors,
+            params=qe.SearchParams(exact=True),
+        )
+
+
+def _edge_point(record: Any, with_vectors: bool) -> Point:
+    key, payload = _unpack(record.id, record.payload)
+    return Point(key, _as_array(record.vector) if with_vectors else None, payload)
+
+
+def _edge_hit(scored: Any, with_vectors: bool) -> Hit:
+    key, payload = _unpack(scored.id, scored.payload)
+    return Hit(key, float(scored.score), payload, _as_array(scored.vector) if with_vectors else None)
+
+
+@contextmanager
+def _edge_errors(what: str) -> Iterator[None]:
+    """Turn qdrant-edge's plain `Exception`s into StoreError subclasses."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc) is not Exception:  # our own errors, TypeError from bad arguments, ...
+            raise
+        message = str(exc)
+        if "WouldBlock" in message:
+            raise StoreUnavailable(
+                f"{what}: the directory is locked by another process ({message}); stop that "
+                "process or give this one another STREAMREC_DATA_DIR"
+            ) from exc
+        if "dimension error" in message:
+            raise DimensionMismatch(f"{what}: {message}") from exc
+        if message.startswith("No point with id"):
+            raise PointNotFound(f"{what}: {message}") from exc
+        raise StoreError(f"{what}: qdrant-edge failed: {message}") from exc
+
+
+def _lock_directory(root: Path) -> int:
+    # Our own lock, taken before any shard is opened: a second EdgeShard.load() of a directory
+    # that is in use fails on the WAL lock only after opening the segments, and doing so was
+    # seen to break the owner's next flush (qdrant-edge 0.9.0).
+    path = root / _LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreUnavailable(
+            f"the embedded Qdrant directory {root} is in use by another process (pid {holder}); "
+            "stop it, give this process another STREAMREC_DATA_DIR, or set STREAMREC_QDRANT_URL "
+            "to share a Qdrant server"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- qdrant-client backend
+
+
+class QdrantClientStore(VectorStore):
+    """qdrant-client against a server, or in its local ":memory:" mode.
+
+    Local mode ignores payload indexes (none are created there) and searches in Python, so
+    keep it to small fixtures.
+    """
+
+    def __init__(self, client: QdrantClient, *, where: str, local: bool) -> None:
+        from qdrant_client import models
+
+        self._client: QdrantClient | None = client
+        self._m = models
+        self._where = where
+        self._local = local
+        self._dims: dict[str, int] = {}
+
+    # -- collections
+
+    def ensure_collection(
+        self,
+        name: str,
+        dim: int,
+        *,
+        keyword_fields: Sequence[str] = (),
+        bool_fields: Sequence[str] = (),
+        float_fields: Sequence[str] = (),
+    ) -> None:
+        _check_name(name)
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        m, client = self._m, self._open()
+        with self._errors(f"creating collection {name!r}"):
+            if not client.collection_exists(name):
+                try:
+                    client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+                except Exception:  # another worker may have created it in between
+                    if not client.collection_exists(name):
+                        raise
+            self._dims.pop(name, None)
+            existing = self._dim(name)
+            if existing != dim:
+                raise DimensionMismatch(
+                    f"collection {name!r} on {self._where} exists with dim {existing}, not {dim}: "
+                    "drop it (drop_collection) or use another collection name"
+                )
+            if self._local:
+                return  # local mode ignores payload indexes and warns on each one
+            schema = client.get_collection(name).payload_schema or {}
+            wanted = {f: m.PayloadSchemaType.KEYWORD for f in keyword_fields}
+            wanted |= {f: m.PayloadSchemaType.BOOL for f in bool_fields}
+            wanted |= {f: m.PayloadSchemaType.FLOAT for f in float_fields}
+            for field_name, kind in wanted.items():
+                info = schema.get(field_name)
+                if info is None or info.data_type != kind:
+                    client.create_payload_index(name, field_name, field_schema=kind, wait=True)
+
+    def has_collection(self, name: str) -> bool:
+        client = self._open()
+        with self._errors(f"looking up {name!r}"):
+            return client.collection_exists(name)
+
+    def drop_collection(self, name: str) -> None:
+        client = self._open()
+        self._dims.pop(name, None)
+        with self._errors(f"dropping {name!r}"):
+            client.delete_collection(name)
+
+    # -- points
+
+    def upsert(self, name: str, points: Sequence[Point]) -> None:
+        client, dim = self._open(), self._dim(name)
+        if not points:
+            return
+        structs = []
+        for p in points:
+            if p.vector is None:
+                raise ValueError(f"point {p.id!r} has no vector")
+            vector = _vector_list(name, p.vector, dim)
+            structs.append(self._m.PointStruct(id=point_uuid(p.id), vector=vector, payload=_stored_payload(p)))
+        with self._errors(f"upserting into {name!r}"):
+            client.upsert(name, points=structs, wait=True)
+
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        if KEY_FIELD in payload:
+            raise ValueError(f"payload key {KEY_FIELD!r} is reserved for the point id")
+        client = self._open()
+        self._dim(name)  # CollectionNotFound before PointNotFound
+        if not payload:
+            return
+        with self._errors(f"setting payload of {id!r} in {name!r}"):
+            try:
+                client.set_payload(name, payload=dict(payload), points=[point_uuid(id)], wait=True)
+            except KeyError as exc:  # local mode's way of saying "no such point"
+                raise PointNotFound(f"no point {id!r} in collection {name!r}") from exc
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        client = self._open()
+        if not ids:
+            self._dim(name)
+            return
+        selector = self._m.PointIdsList(points=[point_uuid(i) for i in ids])
+        with self._errors(f"deleting from {name!r}"):
+            client.delete(name, points_selector=selector, wait=True)
+
+    def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        client = self._open()
+        if not ids:
+            self._dim(name)
+            return []
+        with self._errors(f"retrieving from {name!r}"):
+            records = client.retrieve(
+                name, ids=[point_uuid(i) for i in ids], with_payload=True, with_vectors=with_vectors
+            )
+        return _in_id_order(ids, [self._point(r, with_vectors) for r in records])
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        limit: int,
+        *,
+        filter: Filter | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        client = self._open()
+        query = _vector_list(name, vector, self._dim(name))
+        if limit <= 0:
+            return []
+        with self._errors(f"searching {name!r}"):
+            response = client.query_points(
+                name,
+                query=query,
+                query_filter=self._filter(filter),
+                limit=limit,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [self._hit(s, with_vectors) for s in response.points]
+
+    def search_batch(
+        self, name: str, vectors: np.ndarray, limit: int, *, filters: Sequence[Filter | None]
+    ) -> list[list[Hit]]:
+        client = self._open()
+        matrix = _matrix(name, vectors, self._dim(name))
+        if len(filters) != len(matrix):
+            raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
+        if limit <= 0 or len(matrix) == 0:
+            return [[] for _ in range(len(matrix))]
+        requests = [
+            self._m.QueryRequest(query=row.tolist(), filter=self._filter(f), limit=limit, with_payload=True)
+            for row, f in zip(matrix, filters)
+        ]
+        with self._errors(f"searching {name!r}"):
+            responses = client.query_batch_points(name, requests=requests)
+        return [[self._hit(s, False) for s in r.points] for r in responses]
+
+    def count(self, name: str) -> int:
+        client = self._open()
+        with self._errors(f"counting {name!r}"):
+            return client.count(name, exact=True).count
+
+    def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, got {batch}")
+        client = self._open()
+        offset = None
+        while True:
+            with self._errors(f"scrolling {name!r}"):
+                records, offset = client.scroll(
+                    name, limit=batch, offset=offset, with_payload=True, with_vectors=with_vectors
+                )
+            for r in records:
+                yield self._point(r, with_vectors)
+            if offset is None:
+                return
+
+    # -- lifecycle
+
+    def flush(self) -> None:
+        # Writes use wait=True, so a server has them in its WAL when the call returns;
+        # local memory mode has nothing to make durable.
+        self._open()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- internals
+
+    def _open(self) -> QdrantClient:
+        if self._client is None:
+            raise StoreError(f"the vector store on {self._where} is closed")
+        return self._client
+
+    def _dim(self, name: str) -> int:
+        dim = self._dims.get(name)
+        if dim is None:
+            with self._errors(f"looking up {name!r}"):
+                vectors = self._open().get_collection(name).config.params.vectors
+            if not isinstance(vectors, self._m.VectorParams):
+                raise StoreError(f"collection {name!r} on {self._where} uses named vectors, which this store does not")
+            dim = self._dims[name] = vectors.size
+        return dim
+
+    def _filter(self, f: Filter | None) -> Any:
+        if f is None:
+            return None
+        m = self._m
+        must: list[Any] = []
+        for key, value in f.equals.items():
+            value = value if isinstance(value, (str, bool)) else int(value)
+            must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
+        for key, values in f.any_of.items():
+            anys = [v if isinstance(v, str) else int(v) for v in values]
+            must.append(m.FieldCondition(key=key, match=m.MatchAny(any=anys)))
+        for key, (lo, hi) in f.ranges.items():
+            if lo is not None or hi is not None:
+                must.append(m.FieldCondition(key=key, range=m.Range(gte=lo, lte=hi)))
+        must_not = [m.HasIdCondition(has_id=[point_uuid(i) for i in f.exclude_ids])] if f.exclude_ids else []
+        if not must and not must_not:
+            return None
+        return m.Filter(must=must or None, must_not=must_not or None)
+
+    @staticmethod
+    def _point(record: Any, with_vectors: bool) -> Point:
+        key, payload = _unpack(record.id, record.payload)
+        return Point(key, _as_array(record.vector) if with_vectors else None, payload)
+
+    @staticmethod
+    def _hit(scored: Any, with_vectors: bool) -> Hit:
+        key, payload = _unpack(scored.id, scored.payload)
+        return Hit(key, float(scored.score), payload, _as_array(scored.vector) if with_vectors else None)
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn qdrant-client's transport, HTTP and local-mode errors into StoreError subclasses."""
+        import httpx
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        try:
+            yield
+        except (ResponseHandlingException, httpx.TransportError) as exc:
+            cause = getattr(exc, "source", exc)
+            raise StoreUnavailable(
+                f"{what}: Qdrant at {self._where} did not answer ({type(cause).__name__}: {cause}); "
+                "check that the server is running and STREAMREC_QDRANT_URL points at it"
+            ) from exc
+        except UnexpectedResponse as exc:
+            detail = exc.content.decode(errors="replace")[:300]
+            if exc.status_code == 404:
+                cls: type[StoreError] = CollectionNotFound if "ollection" in detail else PointNotFound
+                raise cls(f"{what}: {detail}") from exc
+            if exc.status_code in (401, 403):
+                raise StoreUnavailable(
+                    f"{what}: Qdrant at {self._where} refused the request ({exc.status_code}); "
+                    "check the API key (STREAMREC_QDRANT_API_KEY)"
+                ) from exc
+            raise StoreError(f"{what}: Qdrant at {self._where} answered {exc.status_code}: {detail}") from exc
+        except ValueError as exc:
+            if re.fullmatch(r"Collection .* not found", str(exc)):  # local mode
+                raise CollectionNotFound(f"{what}: {exc}") from exc
+            raise
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def open_store(
+    *, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0
+) -> VectorStore:
+    """Open the store the settings ask for.
+
+    url None or "": embedded Qdrant Edge under ``data_dir/"qdrant"``; ":memory:": qdrant-client's
+    local memory mode; "http://..." or "https://...": a Qdrant server, checked at once.
+    Raises StoreUnavailable if the directory is locked or the server cannot be reached.
+    """
+    if not url:
+        return EdgeStore(Path(data_dir) / "qdrant")
+
+    from qdrant_client import QdrantClient
+
+    if url == ":memory:":
+        return QdrantClientStore(QdrantClient(location=":memory:"), where=":memory:", local=True)
+    if not re.match(r"https?://", url, re.IGNORECASE):
+        raise ValueError(f"Qdrant url {url!r} must start with http:// or https:// (or be ':memory:' or empty)")
+    client = QdrantClient(
+        url=url,
+        api_key=api_key or None,
+        timeout=max(1, math.ceil(timeout_s)),
+        check_compatibility=False,  # its probe only logs; ours below raises
+    )
+    store = QdrantClientStore(client, where=url, local=False)
+    try:
+        with store._errors("connecting"):
+            client.get_collections()
+    except BaseException:
+        store.close()
+        raise
+    return store

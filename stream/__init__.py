@@ -1,0 +1,1 @@
+"""The Faust app and the command line: topics, agents, HTTP views, local broker, replay, demo."""

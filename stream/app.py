@@ -1,0 +1,231 @@
+"""The Faust app: topics, agents, a timer and the HTTP views, wired around a `Recommender`.
+
+Thin by design: agents decode and validate raw bytes (rejects go to the dead-letter topic),
+hand accepted messages to the recommender in batches on one worker thread (so the event loop
+keeps heartbeating and answering HTTP), and publish what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.web import Request as WebRequest, Response, View
+
+from inference.recommender import Recommender
+from inference.schemas import DeadLetter, Event, Intent, Item, Message, Request, RequestFilters, utcnow
+from inference.store import StoreError
+from stream.intake import Accepted, Limits, Rejected, decode
+from stream.settings import StreamSettings
+from stream.transport import StreamrecApp
+
+log = logging.getLogger("streamrec.worker")
+
+STORE_RETRY_MAX_S = 30.0
+
+
+@dataclass
+class WorkerState:
+    """Counters and health the HTTP views report; mutated only on the event loop."""
+
+    processed: Counter = field(default_factory=Counter)  # by message kind and event type
+    dead_lettered: Counter = field(default_factory=Counter)  # by reason
+    published: int = 0
+    started_at: float = field(default_factory=time.time)
+    healthy: bool = True
+    last_error: str | None = None
+
+
+def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecApp:
+    app = StreamrecApp(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        web_host=settings.http_host,
+        web_port=settings.http_port,
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset=settings.auto_offset_reset,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_request_timeout=max(settings.session_timeout_s * 3, 30.0),
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        web_transport=f"tcp://{settings.http_host}:{settings.http_port}",
+        autodiscover=False,
+    )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    state = WorkerState()
+    app.streamrec_state = state
+    app.recommender = recommender
+    limits = Limits(settings.max_message_bytes, settings.max_json_depth, settings.max_future_skew_s)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender")
+
+    def raw_topic(name: str):
+        return app.topic(
+            settings.topic(name), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    events_topic, items_topic = raw_topic("events"), raw_topic("items")
+    intents_topic, requests_topic = raw_topic("intents"), raw_topic("requests")
+    recommendations_topic, deadletter_topic = raw_topic("recommendations"), raw_topic("deadletter")
+
+    async def in_executor(fn: Callable, *args: Any):
+        """Run recommender work on its single thread; retry store outages without dropping input."""
+        delay = 0.5
+        while True:
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            except StoreError as exc:
+                state.healthy, state.last_error = False, f"vector store: {exc}"
+                log.warning("vector store unavailable, retrying in %.1fs: %s", delay, exc)
+                recommender.profiles.invalidate()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            if not state.healthy:
+                log.info("vector store reachable again")
+            state.healthy, state.last_error = True, None
+            return result
+
+    async def dead_letter(event, reason: Rejected) -> None:
+        msg = event.message
+        record = DeadLetter(
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=DeadLetter.encode_bytes(msg.key),
+            value=DeadLetter.encode_bytes(msg.value),
+            error=str(reason)[:2000],
+            at=utcnow(),
+        )
+        await deadletter_topic.send(key=msg.key, value=record.to_bytes())
+        state.dead_lettered[reason.reason] += 1
+        log.info("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+
+    async def accept(batch, model: type[Message]) -> list[tuple[Any, Message]]:
+        accepted = []
+        for event in batch:
+            result = decode(event.value, model, limits)
+            if isinstance(result, Accepted):
+                accepted.append((event, result.message))
+            else:
+                await dead_letter(event, result)
+        return accepted
+
+    async def process(accepted: list[tuple[Any, Message]], fn: Callable[[Sequence[Message]], Any]):
+        """The whole batch in one call; if it fails for a reason other than the store, find the
+        culprits one by one and dead-letter them, so one poisoned message never blocks the rest."""
+        messages = [m for _, m in accepted]
+        try:
+            return await in_executor(fn, messages)
+        except Exception as exc:  # noqa: BLE001 - anything else is a bad message, isolate it
+            log.warning("batch of %d failed (%r); retrying one by one", len(messages), exc)
+        results = []
+        for event, message in accepted:
+            try:
+                results.append(await in_executor(fn, [message]))
+            except Exception as exc:  # noqa: BLE001
+                await dead_letter(event, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
+        return _concat(results)
+
+    async def publish(recs) -> None:
+        for rec in recs or ():
+            await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
+        state.published += len(recs or ())
+
+    @app.agent(items_topic)
+    async def on_items(stream):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            accepted = await accept(batch, Item)
+            if accepted:
+                await process(accepted, recommender.upsert_items)
+                state.processed["item"] += len(accepted)
+
+    @app.agent(events_topic)
+    async def on_events(stream):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            accepted = await accept(batch, Event)
+            if accepted:
+                await publish(await process(accepted, recommender.process_events))
+                for _, event in accepted:
+                    state.processed[f"event.{event.type.value}"] += 1
+
+    @app.agent(intents_topic)
+    async def on_intents(stream):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            accepted = await accept(batch, Intent)
+            if accepted:
+                await publish(await process(accepted, recommender.seed_interests))
+                state.processed["intent"] += len(accepted)
+
+    def answer_requests(requests: Sequence[Request]):
+        return [recommender.recommend(r.user_id, k=r.k, filters=r.filters, request_id=r.request_id) for r in requests]
+
+    @app.agent(requests_topic)
+    async def on_requests(stream):
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            accepted = await accept(batch, Request)
+            if accepted:
+                await publish(await process(accepted, answer_requests))
+                state.processed["request"] += len(accepted)
+
+    @app.timer(interval=settings.popularity_flush_s)
+    async def persist_popularity():
+        await in_executor(recommender.flush_popularity)
+
+    @app.page("/recommendations/{user_id}")
+    class RecommendationsView(View):
+        async def get(self, request: WebRequest, user_id: str) -> Response:
+            try:
+                k = int(request.query.get("k", recommender.settings.default_k))
+                filters = RequestFilters(
+                    category=request.query.get("category"),
+                    max_price=_float_or_none(request.query.get("max_price")),
+                    min_price=_float_or_none(request.query.get("min_price")),
+                )
+            except ValueError as exc:
+                return self.json({"error": f"bad query parameter: {exc}"}, status=400)
+            if not 1 <= k <= 200 or not 1 <= len(user_id) <= 128:
+                return self.json({"error": "k must be 1..200 and user_id 1..128 characters"}, status=400)
+            rec = await in_executor(lambda: recommender.recommend(user_id, k=k, filters=filters))
+            return self.json(rec.model_dump(mode="json", by_alias=True))
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: WebRequest) -> Response:
+            body = {"status": "ok" if state.healthy else "degraded", "error": state.last_error,
+                    "model_version": recommender.model_version,
+                    "assigned_partitions": len(app.consumer.assignment())}
+            return self.json(body, status=200 if state.healthy else 503)
+
+    @app.page("/stats")
+    class StatsView(View):
+        async def get(self, request: WebRequest) -> Response:
+            return self.json({
+                "processed": dict(state.processed),
+                "dead_lettered": dict(state.dead_lettered),
+                "published": state.published,
+                "uptime_s": round(time.time() - state.started_at, 1),
+                "model_version": recommender.model_version,
+                "items_cached": len(recommender.items),
+            })
+
+    return app
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _concat(results: list) -> list:
+    out: list = []
+    for r in results:
+        if isinstance(r, list):
+            out.extend(r)
+    return out

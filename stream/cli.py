@@ -1,0 +1,161 @@
+"""`streamrec`: the one command-line entry point (worker, broker, replay, recommend, export, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from inference.recommender import open_recommender
+    from inference.settings import InferenceSettings
+    from stream.app import build_app
+    from stream.settings import StreamSettings
+
+    stream_settings, inference_settings = StreamSettings(), InferenceSettings()
+    recommender = open_recommender(inference_settings)
+    app = build_app(stream_settings, recommender)
+    logging.getLogger("streamrec").info(
+        "worker: model %s on %s, store %s, broker %s",
+        recommender.model_version, recommender.encoder.providers,
+        inference_settings.qdrant_url or inference_settings.data_dir, stream_settings.kafka_bootstrap_servers,
+    )
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir))
+    try:
+        worker.execute_from_commandline()
+    finally:
+        recommender.store.close()
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from stream.broker import run_from_args
+
+    return run_from_args(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from stream.replay import producer, publish, retail_events, retail_items
+    from stream.settings import StreamSettings
+    from training.datasets import default_online_retail_path, load_online_retail, sample_customers
+
+    settings = StreamSettings()
+    log = load_online_retail(args.path or default_online_retail_path())
+    if args.customers:
+        log = sample_customers(log, args.customers, seed=args.seed)
+    items, events = list(retail_items(log)), list(retail_events(log))
+    kafka = producer(settings.kafka_bootstrap_servers)
+    try:
+        if not args.events_only:
+            t = publish(kafka, settings.topic("items"), items, label="items")
+            print(f"published {len(items)} items in {t:.1f}s")
+        if not args.items_only:
+            t = publish(kafka, settings.topic("events"), events, rate=args.rate, label="events")
+            print(f"published {len(events)} events in {t:.1f}s ({len(events) / max(t, 1e-9):.0f}/s)")
+    finally:
+        kafka.close()
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from stream.settings import StreamSettings
+
+    settings = StreamSettings()
+    query = urllib.parse.urlencode({"k": args.k})
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    url = f"http://{host}:{settings.http_port}/recommendations/{urllib.parse.quote(args.user, safe='')}?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            rec = json.load(response)
+    except urllib.error.URLError as exc:
+        print(f"streamrec recommend: no worker answered at {url} ({exc}). Start one with `streamrec worker`"
+              " and set STREAMREC_HTTP_PORT to its port.", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rec, indent=2))
+        return 0
+    print(f"recommendations for {rec['user_id']} (model {rec['model_version']})")
+    for item in rec["items"]:
+        print(f"{item['position']:>3}. {item['item_id']:<14} {item['score']:.3f}  {item['reason']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from inference.recommender import encoder_dir
+    from inference.settings import InferenceSettings
+
+    settings = InferenceSettings()
+    if args.model_dir:
+        settings = settings.model_copy(update={"encoder_model_dir": Path(args.model_dir), "encoder_onnx_dir": None})
+    print(encoder_dir(settings))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(customers=args.customers, rate=args.rate, shown=args.show, seed=args.seed)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a stream worker (settings from STREAMREC_* variables)")
+    w.add_argument("--loglevel", default="info")
+    w.set_defaults(func=_worker)
+
+    from stream.broker import add_arguments
+
+    b = sub.add_parser("broker", help="run the local Kafka-protocol broker (Tansu) for development")
+    add_arguments(b)
+    b.set_defaults(func=_broker)
+
+    r = sub.add_parser("replay", help="publish the Online Retail catalog, then its purchases in time order")
+    r.add_argument("--path", type=Path, default=None, help="Online Retail .csv.gz or .parquet (default: ../shared/data)")
+    r.add_argument("--customers", type=int, default=0, help="only this many customers (0: all)")
+    r.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    r.add_argument("--seed", type=int, default=0)
+    only = r.add_mutually_exclusive_group()
+    only.add_argument("--items-only", action="store_true")
+    only.add_argument("--events-only", action="store_true")
+    r.set_defaults(func=_replay)
+
+    rec = sub.add_parser("recommend", help="ask a running worker for a user's recommendations")
+    rec.add_argument("user")
+    rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_recommend)
+
+    e = sub.add_parser("export", help="export the encoder to ONNX (cached) and print its folder")
+    e.add_argument("--model-dir", default=None, help="a Hugging Face model folder (default: the shipped MiniLM)")
+    e.set_defaults(func=_export)
+
+    d = sub.add_parser("demo", help="broker + worker + a replay of real data, then print what it recommends")
+    d.add_argument("--customers", type=int, default=300, help="Online Retail customers to replay")
+    d.add_argument("--rate", type=float, default=500.0, help="events/s in the freshness phase")
+    d.add_argument("--show", type=int, default=3, help="customers to print")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

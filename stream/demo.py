@@ -1,0 +1,157 @@
+"""`streamrec demo`: a real broker, a real worker and real data, end to end, then a report.
+
+Starts the local Tansu broker and a worker (embedded Qdrant, the shipped encoder), replays the
+catalog and then the purchases of a sample of Online Retail customers through Kafka, measures
+throughput and freshness from the recommendations that come back, prints a few customers'
+purchases beside their recommendations, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaConsumer
+
+from inference.recommender import encoder_dir
+from inference.schemas import Recommendation
+from inference.settings import InferenceSettings
+from stream.broker import LocalBroker, free_port
+from stream.replay import producer, publish, retail_events, retail_items
+from stream.settings import StreamSettings
+from stream.worker_process import WorkerProcess
+from training.datasets import default_online_retail_path, load_online_retail, sample_customers
+
+THROUGHPUT_SHARE = 0.8
+"""The first 80% of events go as fast as possible (throughput); the rest at a fixed rate (freshness)."""
+
+
+class RecommendationLog:
+    """Consumes the recommendations topic in a thread and notes when each arrived."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.received: dict[str, float] = {}  # trigger_event_id -> wall time
+        self.count = 0
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=10, consumer_timeout_ms=200,
+        )
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer:
+                now = time.time()
+                rec = Recommendation.model_validate_json(message.value)
+                self.count += 1
+                if rec.trigger_event_id:
+                    self.received.setdefault(rec.trigger_event_id, now)
+                if self._stop.is_set():
+                    break
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    arr = np.asarray(values) * 1000
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
+    t_start = time.perf_counter()
+    inference_settings = InferenceSettings()
+    print("• exporting the shipped encoder to ONNX (cached after the first run)…", flush=True)
+    onnx_dir = encoder_dir(inference_settings)
+    print("• loading Online Retail…", flush=True)
+    log = sample_customers(load_online_retail(default_online_retail_path()), customers, seed=seed)
+    items, events = list(retail_items(log)), list(retail_events(log))
+    print(f"  {customers} customers, {len(items)} items, {len(events)} purchase events", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="streamrec-demo-") as tmp, LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
+        settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
+        broker.create_topics(
+            [settings.topic(t) for t in ("events", "items", "intents", "requests", "recommendations", "deadletter")],
+            partitions=settings.topic_partitions,
+        )
+        print(f"• broker (Tansu) on {broker.bootstrap}; starting the worker…", flush=True)
+        env = {
+            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
+            "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir),
+        }
+        with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
+            recs = RecommendationLog(broker.bootstrap, settings.topic("recommendations"))
+            kafka = producer(broker.bootstrap)
+            try:
+                t0 = time.perf_counter()
+                publish(kafka, settings.topic("items"), items, label="catalog")
+                worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 600, "the catalog")
+                catalog_s = time.perf_counter() - t0
+                print(f"  catalog embedded and indexed: {len(items)} items in {catalog_s:.1f}s "
+                      f"({len(items) / catalog_s:.0f} items/s)", flush=True)
+
+                sent: dict[str, float] = {}
+                split = int(len(events) * THROUGHPUT_SHARE)
+                fast, paced = events[:split], events[split:]
+                t1 = time.time()
+                publish(kafka, settings.topic("events"), fast, label="events (max rate)",
+                        on_sent=sent.__setitem__)
+                worker.wait_for(lambda s: sum(v for k, v in s["processed"].items() if k.startswith("event.")) >= split,
+                                600, "the max-rate events")
+                fast_s = time.time() - t1
+                publish(kafka, settings.topic("events"), paced, rate=rate, label=f"events ({rate:.0f}/s)",
+                        on_sent=sent.__setitem__)
+                worker.wait_for(lambda s: sum(v for k, v in s["processed"].items() if k.startswith("event.")) >= len(events),
+                                600, "all events")
+                deadline = time.time() + 10
+                last = {e.event_id for e in paced[-50:]} & set(sent)
+                while time.time() < deadline and not last <= set(recs.received):
+                    time.sleep(0.1)
+            finally:
+                kafka.close()
+                recs.close()
+
+            paced_ids = {e.event_id for e in paced}
+            paced_lat = [recs.received[i] - sent[i] for i in paced_ids if i in recs.received]
+            all_lat = [recs.received[i] - sent[i] for i in sent if i in recs.received]
+            stats = worker.stats()
+            _print_customers(worker, log, shown)
+            p50, p99 = _percentiles(paced_lat)
+            s50, s99 = _percentiles(all_lat)
+            print("\n== measured on this run ==")
+            print(f"throughput (max-rate phase): {split} events in {fast_s:.2f}s = {split / fast_s:,.0f} events/s")
+            print(f"freshness at {rate:.0f} events/s (event published -> recommendation received, "
+                  f"{len(paced_lat)} recommendations): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            print(f"freshness over the whole replay incl. the max-rate backlog: p50 {s50:.1f} ms, p99 {s99:.1f} ms")
+            print(f"recommendations published: {stats['published']}; dead-lettered: {stats['dead_lettered'] or 0}; "
+                  f"model {stats['model_version']}")
+    print(f"demo finished in {time.perf_counter() - t_start:.0f}s; broker and worker stopped.")
+    return 0
+
+
+def _print_customers(worker: WorkerProcess, log, shown: int) -> None:
+    titles = dict(zip(log.items.item_id, log.items.title))
+    counts = log.purchases.groupby("user_id").invoice.nunique().sort_values(ascending=False)
+    for user_id in counts.index[:shown]:
+        bought = log.purchases[log.purchases.user_id == user_id]
+        last_invoice = bought.invoice.iloc[-1]
+        print(f"\n== customer {user_id}: {bought.invoice.nunique()} orders, {len(bought)} lines; "
+              f"last order {last_invoice} on {bought.ts.iloc[-1]:%Y-%m-%d} ==")
+        print("  last purchases:")
+        for row in bought.tail(5).itertuples():
+            print(f"    - {titles.get(row.item_id, row.item_id)} ({row.item_id})")
+        rec = worker.get(f"/recommendations/{user_id}?k=5")
+        print("  recommended now:")
+        for item in rec["items"]:
+            print(f"    {item['position']}. {titles.get(item['item_id'], item['item_id'])} ({item['item_id']}) "
+                  f"score {item['score']:.3f} — {item['reason']}")

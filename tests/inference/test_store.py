@@ -1,0 +1,420 @@
+"""Tests for inference/store.py: one universal suite run against every VectorStore backend.
+
+"edge" is the embedded Qdrant Edge engine in a temporary directory; "memory" is qdrant-client's
+local ":memory:" mode, the code path production uses against a server. Tests that only make
+sense for one backend (reopen, directory lock, unreachable server) follow the universal ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.store import (
+    ID_NAMESPACE,
+    KEY_FIELD,
+    CollectionNotFound,
+    DimensionMismatch,
+    Filter,
+    Point,
+    PointNotFound,
+    StoreError,
+    StoreUnavailable,
+    VectorStore,
+    open_store,
+    point_uuid,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DIM = 8
+COLL = "items"
+FIELDS = dict(keyword_fields=("cat",), bool_fields=("in_stock",), float_fields=("price",))
+
+
+def unit(i: int, dim: int = DIM) -> np.ndarray:
+    v = np.zeros(dim, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+def fan(deg: float) -> np.ndarray:
+    """A unit vector `deg` degrees from unit(0) towards unit(1): cosine to unit(0) falls with deg."""
+    rad = math.radians(deg)
+    return (math.cos(rad) * unit(0) + math.sin(rad) * unit(1)).astype(np.float32)
+
+
+# p0..p5 sit 0°, 10°, ..., 50° from unit(0), so a query along unit(0) ranks them in order.
+CATS = ["shoes", "bags", "hats", "shoes", "bags", "hats"]
+POINTS = [
+    Point(
+        f"p{k}",
+        fan(10 * k),
+        {
+            "cat": CATS[k],
+            "in_stock": k % 2 == 0,
+            "price": 25 if k == 2 else 5.0 + 10 * k,  # one int among floats on purpose
+            "tags": [f"t{k}", "all"],
+        },
+    )
+    for k in range(6)
+]
+
+
+def ids(hits) -> list[str]:
+    return [h.id for h in hits]
+
+
+def open_backend(backend: str, data_dir: Path) -> VectorStore:
+    url = {"edge": None, "memory": ":memory:"}[backend]
+    return open_store(url=url, api_key=None, data_dir=data_dir)
+
+
+@pytest.fixture
+def fast_dir(tmp_path):
+    """A scratch directory on tmpfs where there is one: the edge engine fsyncs on every
+    collection and index it creates (~0.1 s each on disk), which would dominate the suite."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="streamrec-store-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["edge", "memory"])
+def store(request, fast_dir):
+    s = open_backend(request.param, fast_dir)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def filled(store):
+    store.ensure_collection(COLL, DIM, **FIELDS)
+    store.upsert(COLL, POINTS)
+    return store
+
+
+# --------------------------------------------------------------------------- universal suite
+
+
+def test_upsert_then_search_finds_nearest(filled):
+    hits = filled.search(COLL, unit(0), 3)
+    assert ids(hits) == ["p0", "p1", "p2"]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[1].score == pytest.approx(math.cos(math.radians(10)), abs=1e-5)
+    assert hits[0].payload == POINTS[0].payload
+    assert hits[0].vector is None
+    assert ids(filled.search(COLL, fan(31), 1)) == ["p3"]
+    # an unnormalised query vector gives the same cosine ranking
+    assert ids(filled.search(COLL, 7.0 * fan(49), 2)) == ["p5", "p4"]
+
+
+def test_search_with_vectors_returns_them(filled):
+    (hit,) = filled.search(COLL, fan(20), 1, with_vectors=True)
+    assert hit.id == "p2"
+    assert hit.vector.dtype == np.float32
+    np.testing.assert_allclose(hit.vector, fan(20), atol=1e-6)
+
+
+def test_filter_equals_bool(filled):
+    in_stock = filled.search(COLL, unit(0), 10, filter=Filter(equals={"in_stock": True}))
+    assert ids(in_stock) == ["p0", "p2", "p4"]
+    out_of_stock = filled.search(COLL, unit(0), 10, filter=Filter(equals={"in_stock": False}))
+    assert ids(out_of_stock) == ["p1", "p3", "p5"]
+
+
+def test_filter_equals_keyword(filled):
+    hits = filled.search(COLL, unit(0), 10, filter=Filter(equals={"cat": "bags"}))
+    assert ids(hits) == ["p1", "p4"]
+
+
+def test_filter_any_of_keyword(filled):
+    hits = filled.search(COLL, unit(0), 10, filter=Filter(any_of={"cat": ["shoes", "hats"]}))
+    assert ids(hits) == ["p0", "p2", "p3", "p5"]
+    # matches one element of a list-valued field
+    hits = filled.search(COLL, unit(0), 10, filter=Filter(any_of={"tags": ["t4", "t1"]}))
+    assert ids(hits) == ["p1", "p4"]
+    assert filled.search(COLL, unit(0), 10, filter=Filter(any_of={"cat": []})) == []
+
+
+def test_filter_exclude_ids(filled):
+    hits = filled.search(COLL, unit(0), 3, filter=Filter(exclude_ids=["p0", "p2", "unknown"]))
+    assert ids(hits) == ["p1", "p3", "p4"]
+
+
+def test_filter_ranges(filled):
+    def search(lo, hi):
+        return ids(filled.search(COLL, unit(0), 10, filter=Filter(ranges={"price": (lo, hi)})))
+
+    assert search(15, 35) == ["p1", "p2", "p3"]  # bounds are inclusive; p2's price is an int
+    assert search(None, 15) == ["p0", "p1"]
+    assert search(40.5, None) == ["p4", "p5"]
+    assert search(None, None) == [p.id for p in POINTS]
+
+
+def test_filters_combine(filled):
+    f = Filter(
+        equals={"in_stock": True},
+        any_of={"cat": ["shoes", "hats", "bags"]},
+        exclude_ids=["p0"],
+        ranges={"price": (None, 50.0)},
+    )
+    assert ids(filled.search(COLL, unit(0), 10, filter=f)) == ["p2", "p4"]
+    assert ids(filled.search(COLL, unit(0), 10, filter=Filter())) == [p.id for p in POINTS]
+
+
+def test_search_batch_matches_single_searches(filled):
+    queries = np.stack([unit(0), fan(50), fan(25)])
+    filters = [None, Filter(equals={"cat": "shoes"}), Filter(ranges={"price": (20, None)}, exclude_ids=["p3"])]
+    batch = filled.search_batch(COLL, queries, 2, filters=filters)
+    single = [filled.search(COLL, q, 2, filter=f) for q, f in zip(queries, filters)]
+    assert [ids(r) for r in batch] == [ids(r) for r in single] == [["p0", "p1"], ["p3", "p0"], ["p2", "p4"]]
+    assert [h.score for h in batch[2]] == pytest.approx([h.score for h in single[2]], abs=1e-6)
+    with pytest.raises(ValueError, match="filters"):
+        filled.search_batch(COLL, queries, 2, filters=[None])
+
+
+def test_delete_removes_from_search_at_once(filled):
+    filled.delete(COLL, ["p0", "p2", "never-existed"])
+    assert ids(filled.search(COLL, unit(0), 3)) == ["p1", "p3", "p4"]
+    assert filled.count(COLL) == 4
+    assert filled.retrieve(COLL, ["p0", "p1"]) == [Point("p1", None, POINTS[1].payload)]
+    filled.delete(COLL, [])
+
+
+def test_retrieve_with_and_without_vectors_and_missing_ids(filled):
+    got = filled.retrieve(COLL, ["p3", "missing", "p1"])
+    assert [p.id for p in got] == ["p3", "p1"]  # order follows the ids asked for
+    assert all(p.vector is None for p in got)
+    assert got[0].payload == POINTS[3].payload
+    assert KEY_FIELD not in got[0].payload
+
+    got = filled.retrieve(COLL, ["p5", "p0"], with_vectors=True)
+    assert [p.id for p in got] == ["p5", "p0"]
+    assert got[0].vector.dtype == np.float32
+    np.testing.assert_allclose(got[0].vector, fan(50), atol=1e-6)
+    assert filled.retrieve(COLL, []) == []
+    assert filled.retrieve(COLL, ["missing"]) == []
+
+
+def test_stored_vectors_are_unit_length(filled):
+    filled.upsert(COLL, [Point("long", 3.0 * unit(2), {})])
+    (p,) = filled.retrieve(COLL, ["long"], with_vectors=True)
+    np.testing.assert_allclose(p.vector, unit(2), atol=1e-6)
+
+
+def test_set_payload_merges(filled):
+    filled.set_payload(COLL, "p0", {"in_stock": False, "price": 99.5, "new": {"a": [1, 2]}})
+    (p,) = filled.retrieve(COLL, ["p0"])
+    assert p.payload == {"cat": "shoes", "tags": ["t0", "all"], "in_stock": False, "price": 99.5, "new": {"a": [1, 2]}}
+    # filters see the change at once
+    assert "p0" not in ids(filled.search(COLL, unit(0), 10, filter=Filter(equals={"in_stock": True})))
+    assert ids(filled.search(COLL, unit(0), 10, filter=Filter(ranges={"price": (90, None)}))) == ["p0"]
+    with pytest.raises(PointNotFound):
+        filled.set_payload(COLL, "missing", {"x": 1})
+    with pytest.raises(ValueError, match=KEY_FIELD):
+        filled.set_payload(COLL, "p0", {KEY_FIELD: "other"})
+
+
+def test_upsert_overwrites(filled):
+    filled.upsert(COLL, [Point("p0", unit(5), {"cat": "socks"})])
+    assert filled.count(COLL) == len(POINTS)
+    (p,) = filled.retrieve(COLL, ["p0"], with_vectors=True)
+    assert p.payload == {"cat": "socks"}  # the whole payload is replaced
+    np.testing.assert_allclose(p.vector, unit(5), atol=1e-6)
+    assert ids(filled.search(COLL, unit(5), 1)) == ["p0"]
+    assert "p0" not in ids(filled.search(COLL, unit(0), 10, filter=Filter(equals={"cat": "shoes"})))
+
+
+def test_payload_values_round_trip(store):
+    store.ensure_collection(COLL, DIM)
+    payload = {"s": "ü", "i": -3, "f": 0.25, "b": False, "n": None, "l": [1, "x", True], "d": {"e": {"f": [0.5]}}}
+    store.upsert(COLL, [Point("doc", unit(1), payload)])
+    assert store.retrieve(COLL, ["doc"])[0].payload == payload
+    with pytest.raises(ValueError, match=KEY_FIELD):
+        store.upsert(COLL, [Point("bad", unit(1), {KEY_FIELD: "x"})])
+    with pytest.raises(ValueError, match="no vector"):
+        store.upsert(COLL, [Point("novec", None, {})])
+
+
+def test_count_and_scroll(filled):
+    assert filled.count(COLL) == len(POINTS)
+    for batch in (1, 4, 256):
+        scrolled = list(filled.scroll(COLL, batch=batch))
+        assert sorted(p.id for p in scrolled) == [p.id for p in POINTS]
+        assert all(p.vector is None for p in scrolled)
+    by_id = {p.id: p for p in filled.scroll(COLL, batch=4, with_vectors=True)}
+    for original in POINTS:
+        assert by_id[original.id].payload == original.payload
+        np.testing.assert_allclose(by_id[original.id].vector, original.vector, atol=1e-6)
+
+
+def test_dimension_mismatch(filled):
+    with pytest.raises(DimensionMismatch, match=COLL):
+        filled.ensure_collection(COLL, DIM + 1)
+    filled.ensure_collection(COLL, DIM, keyword_fields=("cat", "brand"))  # idempotent, may add indexes
+    assert filled.count(COLL) == len(POINTS)
+    with pytest.raises(DimensionMismatch):
+        filled.search(COLL, np.ones(DIM + 1, dtype=np.float32), 1)
+    with pytest.raises(DimensionMismatch):
+        filled.upsert(COLL, [Point("wide", np.ones(DIM - 1, dtype=np.float32), {})])
+    with pytest.raises(DimensionMismatch):
+        filled.search_batch(COLL, np.ones((2, DIM + 1), dtype=np.float32), 1, filters=[None, None])
+
+
+def test_collection_lifecycle(store):
+    assert not store.has_collection(COLL)
+    with pytest.raises(CollectionNotFound):
+        store.search(COLL, unit(0), 1)
+    with pytest.raises(CollectionNotFound):
+        store.count(COLL)
+    store.ensure_collection(COLL, DIM, **FIELDS)
+    store.ensure_collection("other", 3)
+    assert store.has_collection(COLL) and store.has_collection("other")
+    assert store.count(COLL) == 0 and store.search(COLL, unit(0), 5) == []
+    store.upsert(COLL, POINTS[:2])
+    store.drop_collection(COLL)
+    assert not store.has_collection(COLL) and store.has_collection("other")
+    store.drop_collection(COLL)  # dropping a missing collection is a no-op
+    store.ensure_collection(COLL, 4)  # recreated with another dim, empty
+    assert store.count(COLL) == 0
+    store.upsert(COLL, [Point("x", np.ones(4, dtype=np.float32), {})])
+    assert ids(store.search(COLL, np.ones(4, dtype=np.float32), 1)) == ["x"]
+
+
+def test_closed_store_refuses_work(store):
+    store.ensure_collection(COLL, DIM)
+    store.flush()
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.count(COLL)
+
+
+def test_point_ids_are_uuid5_of_the_string_id():
+    for key in ("", "item-1", "ü漢字", "x" * 500):
+        assert point_uuid(key) == str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def test_invalid_input_is_rejected_early():
+    with pytest.raises(TypeError, match="not a string"):
+        Filter(any_of={"cat": "shoes"})
+    with pytest.raises(TypeError, match="ranges"):
+        Filter(equals={"price": 9.5})
+    with pytest.raises(TypeError):
+        Filter(any_of={"flag": [True]})
+    with pytest.raises(ValueError, match="http"):
+        open_store(url="localhost:6333", api_key=None, data_dir=Path("/nonexistent"))
+
+
+# --------------------------------------------------------------------------- edge only
+
+
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_edge_reopen_keeps_points_and_dim(tmp_path):
+    with open_backend("edge", tmp_path) as s:
+        s.ensure_collection(COLL, DIM, **FIELDS)
+        s.upsert(COLL, POINTS)
+        s.set_payload(COLL, "p1", {"in_stock": True})
+        s.delete(COLL, ["p5"])
+    assert (tmp_path / "qdrant" / COLL).is_dir()
+
+    with open_backend("edge", tmp_path) as s:
+        assert s.has_collection(COLL)
+        assert s.count(COLL) == 5
+        with pytest.raises(DimensionMismatch):
+            s.ensure_collection(COLL, DIM * 2)
+        s.ensure_collection(COLL, DIM, **FIELDS)
+        hits = s.search(COLL, unit(0), 10, filter=Filter(equals={"in_stock": True}))
+        assert ids(hits) == ["p0", "p1", "p2", "p4"]
+        assert s.retrieve(COLL, ["p3"])[0].payload == POINTS[3].payload
+
+
+def test_edge_writes_survive_a_crash_without_flush(tmp_path):
+    proc = run_python(
+        f"""
+        import os, numpy as np
+        from pathlib import Path
+        from inference.store import open_store, Point
+        s = open_store(url=None, api_key=None, data_dir=Path({str(tmp_path)!r}))
+        s.ensure_collection("items", 4)
+        s.upsert("items", [Point(f"i{{k}}", np.eye(4, dtype=np.float32)[k % 4], {{"k": k}}) for k in range(50)])
+        s.set_payload("items", "i7", {{"seen": True}})
+        os._exit(0)  # no flush, no close
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    with open_backend("edge", tmp_path) as s:
+        assert s.count("items") == 50
+        assert s.retrieve("items", ["i7"])[0].payload == {"k": 7, "seen": True}
+
+
+def test_edge_locked_directory_raises_store_unavailable(tmp_path):
+    owner = open_backend("edge", tmp_path)
+    try:
+        owner.ensure_collection(COLL, DIM, **FIELDS)
+        owner.upsert(COLL, POINTS)
+        owner.set_payload(COLL, "p0", {"seen": 1})  # unflushed change while someone else tries
+
+        with pytest.raises(StoreUnavailable, match="in use by another process") as err:
+            open_backend("edge", tmp_path)
+        assert str(tmp_path / "qdrant") in str(err.value)
+
+        proc = run_python(
+            f"""
+            from pathlib import Path
+            from inference.store import open_store, StoreUnavailable
+            try:
+                open_store(url=None, api_key=None, data_dir=Path({str(tmp_path)!r}))
+            except StoreUnavailable as exc:
+                print("UNAVAILABLE", exc)
+            """
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("UNAVAILABLE"), proc.stdout
+        assert str(tmp_path / "qdrant") in proc.stdout and f"pid {os.getpid()}" in proc.stdout
+
+        # the failed attempts left the owner intact
+        owner.flush()
+        assert owner.retrieve(COLL, ["p0"])[0].payload["seen"] == 1
+    finally:
+        owner.close()
+    with open_backend("edge", tmp_path) as again:  # closing released the lock
+        assert again.count(COLL) == len(POINTS)
+
+
+# --------------------------------------------------------------------------- server only
+
+
+def test_unreachable_server_raises_store_unavailable_quickly(tmp_path):
+    # a bound socket that never listens: connections to it are refused
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=url):
+            open_store(url=url, api_key=None, data_dir=tmp_path, timeout_s=2.0)
+        assert time.monotonic() - start < 2.0

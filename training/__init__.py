@@ -1,0 +1,1 @@
+"""Offline side: dataset loaders, evaluation, fine-tuning and export of the encoder."""

@@ -251,18 +251,14 @@ def _check_name(name: str) -> None:
 def _vector_list(name: str, vector: Any, dim: int) -> list[float]:
     arr = np.asarray(vector, dtype=np.float32)
     if arr.ndim != 1 or arr.shape[0] != dim:
-        raise DimensionMismatch(
-            f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}"
-        )
+        raise DimensionMismatch(f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}")
     return arr.tolist()
 
 
 def _matrix(name: str, vectors: Any, dim: int) -> np.ndarray:
     arr = np.asarray(vectors, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != dim:
-        raise DimensionMismatch(
-            f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}"
-        )
+        raise DimensionMismatch(f"collection {name!r} holds {dim}-d vectors, got an array of shape {arr.shape}")
     return arr
 
 
@@ -342,8 +338,7 @@ class EdgeStore(VectorStore):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_directory(self.root)
-        self._shards: dict[str, qe.EdgeShard] = {}
-        self._dims: dict[str, int] = {}
+        self._shards: dict[str, tuple[qe.EdgeShard, int]] = {}  # open shards and their dims
         self._mutex = threading.RLock()
 
     # -- collections
@@ -372,7 +367,7 @@ class EdgeStore(VectorStore):
                     f"collection {name!r} in {self._dir(name)} exists with dim {meta['dim']}, "
                     f"not {dim}: drop it (drop_collection) or use another collection name"
                 )
-            shard = self._shard(name)
+            shard, _ = self._shard(name)
             wanted = {f: "keyword" for f in keyword_fields}
             wanted |= {f: "bool" for f in bool_fields}
             wanted |= {f: "float" for f in float_fields}
@@ -390,17 +385,17 @@ class EdgeStore(VectorStore):
         _check_name(name)
         with self._mutex:
             self._check_open()
-            shard = self._shards.pop(name, None)
-            self._dims.pop(name, None)
-            if shard is not None:
+            entry = self._shards.pop(name, None)
+            if entry is not None:
                 with _edge_errors(f"closing {name!r}"):
-                    shard.close()
-            shutil.rmtree(self._dir(name), ignore_errors=True)
+                    entry[0].close()
+            if self._dir(name).exists():
+                shutil.rmtree(self._dir(name))
 
     # -- points
 
     def upsert(self, name: str, points: Sequence[Point]) -> None:
-        shard, dim = self._shard(name), self._dims[name]
+        shard, dim = self._shard(name)
         if not points:
             return
         batch = []
@@ -414,20 +409,20 @@ class EdgeStore(VectorStore):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         if KEY_FIELD in payload:
             raise ValueError(f"payload key {KEY_FIELD!r} is reserved for the point id")
-        shard = self._shard(name)
+        shard, _ = self._shard(name)
         if not payload:
             return
         with _edge_errors(f"setting payload of {id!r} in {name!r}"):
             shard.update(qe.UpdateOperation.set_payload([point_uuid(id)], dict(payload)))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
-        shard = self._shard(name)
+        shard, _ = self._shard(name)
         if ids:
             with _edge_errors(f"deleting from {name!r}"):
                 shard.update(qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
 
     def retrieve(self, name: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        shard = self._shard(name)
+        shard, _ = self._shard(name)
         if not ids:
             return []
         with _edge_errors(f"retrieving from {name!r}"):
@@ -443,7 +438,7 @@ class EdgeStore(VectorStore):
         filter: Filter | None = None,
         with_vectors: bool = False,
     ) -> list[Hit]:
-        shard, dim = self._shard(name), self._dims[name]
+        shard, dim = self._shard(name)
         query = _vector_list(name, vector, dim)
         if limit <= 0:
             return []
@@ -454,26 +449,26 @@ class EdgeStore(VectorStore):
     def search_batch(
         self, name: str, vectors: np.ndarray, limit: int, *, filters: Sequence[Filter | None]
     ) -> list[list[Hit]]:
-        shard, dim = self._shard(name), self._dims[name]
+        shard, dim = self._shard(name)
         matrix = _matrix(name, vectors, dim)
         if len(filters) != len(matrix):
             raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
         if limit <= 0 or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
-        requests = [self._request(row.tolist(), limit, f, False) for row, f in zip(matrix, filters)]
+        requests = [self._request(row.tolist(), limit, f, False) for row, f in zip(matrix, filters, strict=True)]
         with _edge_errors(f"searching {name!r}"):
             results = shard.query_batch(qe.QueryBatchRequest(requests))
         return [[_edge_hit(s, False) for s in scored] for scored in results]
 
     def count(self, name: str) -> int:
-        shard = self._shard(name)
+        shard, _ = self._shard(name)
         with _edge_errors(f"counting {name!r}"):
             return shard.count(qe.CountRequest(exact=True))
 
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
-        shard = self._shard(name)
+        shard, _ = self._shard(name)
         offset = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
@@ -489,7 +484,7 @@ class EdgeStore(VectorStore):
     def flush(self) -> None:
         with self._mutex:
             self._check_open()
-            for name, shard in self._shards.items():
+            for name, (shard, _) in self._shards.items():
                 with _edge_errors(f"flushing {name!r}"):
                     shard.flush()
 
@@ -498,7 +493,7 @@ class EdgeStore(VectorStore):
             if self._lock_fd is None:
                 return
             try:
-                for name, shard in self._shards.items():
+                for name, (shard, _) in self._shards.items():
                     with _edge_errors(f"closing {name!r}"):
                         shard.flush()
                         shard.close()
@@ -522,16 +517,17 @@ class EdgeStore(VectorStore):
         except FileNotFoundError:
             return None
 
-    def _shard(self, name: str) -> qe.EdgeShard:
-        shard = self._shards.get(name)
-        if shard is not None:
-            return shard
+    def _shard(self, name: str) -> tuple[qe.EdgeShard, int]:
+        """The collection's open shard and its dim, opening it on first use."""
+        entry = self._shards.get(name)
+        if entry is not None:
+            return entry
         _check_name(name)
         with self._mutex:
             self._check_open()
-            shard = self._shards.get(name)
-            if shard is not None:
-                return shard
+            entry = self._shards.get(name)
+            if entry is not None:
+                return entry
             meta = self._read_meta(name)
             if meta is None:
                 raise CollectionNotFound(f"collection {name!r} does not exist in {self.root}")
@@ -542,9 +538,8 @@ class EdgeStore(VectorStore):
                 else:
                     config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=meta["dim"], distance=qe.Distance.Cosine))
                     shard = qe.EdgeShard.create(str(path), config)
-            self._dims[name] = meta["dim"]
-            self._shards[name] = shard
-            return shard
+            entry = self._shards[name] = (shard, meta["dim"])
+            return entry
 
     @staticmethod
     def _request(vector: list[float], limit: int, f: Filter | None, with_vectors: bool) -> qe.QueryRequest:
@@ -776,7 +771,7 @@ class QdrantClientStore(VectorStore):
             return [[] for _ in range(len(matrix))]
         requests = [
             self._m.QueryRequest(query=row.tolist(), filter=self._filter(f), limit=limit, with_payload=True)
-            for row, f in zip(matrix, filters)
+            for row, f in zip(matrix, filters, strict=True)
         ]
         with self._errors(f"searching {name!r}"):
             responses = client.query_batch_points(name, requests=requests)
@@ -894,9 +889,7 @@ class QdrantClientStore(VectorStore):
 # --------------------------------------------------------------------------- factory
 
 
-def open_store(
-    *, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0
-) -> VectorStore:
+def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0) -> VectorStore:
     """Open the store the settings ask for.
 
     url None or "": embedded Qdrant Edge under ``data_dir/"qdrant"``; ":memory:": qdrant-client's

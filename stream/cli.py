@@ -35,6 +35,8 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         worker.execute_from_commandline()
     finally:
+        # A clean stop persists the popularity counted since the last timer flush.
+        recommender.flush_popularity()
         recommender.store.close()
     return 0
 

@@ -183,7 +183,7 @@ def test_search_batch_matches_single_searches(filled):
     queries = np.stack([unit(0), fan(50), fan(25)])
     filters = [None, Filter(equals={"cat": "shoes"}), Filter(ranges={"price": (20, None)}, exclude_ids=["p3"])]
     batch = filled.search_batch(COLL, queries, 2, filters=filters)
-    single = [filled.search(COLL, q, 2, filter=f) for q, f in zip(queries, filters)]
+    single = [filled.search(COLL, q, 2, filter=f) for q, f in zip(queries, filters, strict=True)]
     assert [ids(r) for r in batch] == [ids(r) for r in single] == [["p0", "p1"], ["p3", "p0"], ["p2", "p4"]]
     assert [h.score for h in batch[2]] == pytest.approx([h.score for h in single[2]], abs=1e-6)
     with pytest.raises(ValueError, match="filters"):
@@ -330,7 +330,11 @@ def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -1,0 +1,112 @@
+"""End to end through a real Tansu broker and a real embedded Qdrant, with a worker process."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from inference.schemas import DeadLetter, Event, EventType, Item, Recommendation, Request
+from tests.fixtures.kafka_fixtures import Deployment
+
+T0 = datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc)
+ITEMS = [Item(schema=1, item_id=f"i{n}", title=f"product {n} in colour {n % 5}", price=float(n),
+              category="even" if n % 2 == 0 else "odd") for n in range(40)]
+
+
+def event(event_id, user, item, type=EventType.purchase, minutes=0):
+    return Event(schema=1, event_id=event_id, user_id=user, type=type, ts=T0 + timedelta(minutes=minutes),
+                 item_id=item, quantity=1, price=1.0)
+
+
+def recs_of(messages) -> list[Recommendation]:
+    return [Recommendation.model_validate_json(m.value) for m in messages]
+
+
+@pytest.fixture(scope="module")
+def deployment(broker, tmp_path_factory, tiny_onnx_dir):
+    d = Deployment(broker, tmp_path_factory.mktemp("pipeline"), tiny_onnx_dir)
+    worker = d.start_worker()
+    for item in ITEMS:
+        d.send("items", item.item_id, item)
+    d.send("items", "i5", Item(schema=1, item_id="i5", title="", deleted=True))
+    worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(ITEMS) + 1, 60, "the catalog")
+    yield d
+    d.close()
+
+
+def test_events_answer_the_right_user_without_bought_or_deleted_items(deployment):
+    reader = deployment.reader("recommendations")
+    a_events = [event("a1", "alice", "i1"), event("a2", "alice", "i2", minutes=1),
+                event("a3", "alice", "i3", EventType.view, minutes=2)]
+    b_events = [event("b1", "bob", "i10", EventType.click)]
+    for e in a_events + b_events:
+        deployment.send("events", e.user_id, e)
+    messages = reader.until(lambda ms: {"a3", "b1"} <= {r.trigger_event_id for r in recs_of(ms)})
+    by_trigger = {r.trigger_event_id: (r, m) for r, m in zip(recs_of(messages), messages)}
+    alice, alice_msg = by_trigger["a3"]
+    bob, bob_msg = by_trigger["b1"]
+    assert alice.user_id == "alice" and alice_msg.key == b"alice"
+    assert bob.user_id == "bob" and bob_msg.key == b"bob"
+    alice_items = {i.item_id for i in alice.items}
+    assert len(alice.items) == 10
+    assert not alice_items & {"i1", "i2"}, "bought items must not be recommended"
+    assert "i5" not in alice_items | {i.item_id for i in bob.items}, "deleted items must not be recommended"
+    assert [i.position for i in alice.items] == list(range(1, 11))
+    assert all(i.reason for i in alice.items) and alice.model_version
+
+
+def test_bad_input_is_dead_lettered_with_its_bytes_and_the_good_is_processed(deployment):
+    dead = deployment.reader("deadletter")
+    recs = deployment.reader("recommendations")
+    bad = [
+        b"{not json",
+        json.dumps({"schema": 1, "event_id": "x1", "type": "view", "ts": "2011-05-01T10:00:00Z", "item_id": "i1"}).encode(),
+        json.dumps({"schema": 1, "event_id": "x2", "user_id": "carol", "type": "view",
+                    "ts": "2011-05-01T10:00:00Z", "item_id": "i1", "quantity": -4}).encode(),
+        b"\xff\xfe bad utf8",
+        b"[" * 20_000 + b"]" * 20_000,
+    ]
+    deployment.send("events", "carol", event("c1", "carol", "i7", EventType.view))
+    for raw in bad:
+        deployment.send("events", "carol", raw)
+    deployment.send("events", "carol", event("c2", "carol", "i8", EventType.view, minutes=1))
+    letters = [DeadLetter.model_validate_json(m.value) for m in dead.until(lambda ms: len(ms) >= len(bad))]
+    assert sorted(base64.b64decode(dl.value) for dl in letters) == sorted(bad)
+    reasons = {base64.b64decode(dl.value): dl.error.split(":")[0] for dl in letters}
+    assert reasons[bad[0]] == "not_json" and reasons[bad[1]] == "invalid" and reasons[bad[2]] == "invalid"
+    assert reasons[bad[3]] == "not_utf8" and reasons[bad[4]] in {"too_deep", "too_large"}
+    assert all(dl.topic == deployment.topic("events") and dl.offset >= 0 for dl in letters)
+    assert "user_id" in next(dl.error for dl in letters if base64.b64decode(dl.value) == bad[1])
+    recs.until(lambda ms: "c2" in {r.trigger_event_id for r in recs_of(ms)})
+    stats = deployment.worker.stats()
+    assert sum(stats["dead_lettered"].values()) >= len(bad)
+
+
+def test_requests_are_answered_with_k_items_within_the_filters(deployment):
+    recs = deployment.reader("recommendations")
+    deployment.send("events", "dave", event("d1", "dave", "i20", EventType.click))
+    request = Request(schema=1, request_id="r-1", user_id="dave", k=3, filters={"max_price": 15, "category": "odd"})
+    deployment.send("requests", "dave", request)
+    answer = next(r for r in recs_of(recs.until(lambda ms: any(r.request_id == "r-1" for r in recs_of(ms))))
+                  if r.request_id == "r-1")
+    assert answer.user_id == "dave" and len(answer.items) == 3
+    prices = {it.item_id: it.price for it in ITEMS}
+    assert all(prices[i.item_id] <= 15 and int(i.item_id[1:]) % 2 == 1 for i in answer.items)
+
+
+def test_http_view_answers_from_the_same_state_and_state_survives_a_restart(deployment):
+    recs = deployment.reader("recommendations")
+    deployment.send("events", "erin", event("e1", "erin", "i30"))
+    recs.until(lambda ms: "e1" in {r.trigger_event_id for r in recs_of(ms)})
+    live = deployment.worker.get("/recommendations/erin?k=40")
+    assert live["user_id"] == "erin" and "i30" not in {i["item_id"] for i in live["items"]}
+    assert deployment.worker.get("/recommendations/erin?k=0", quiet=True)["error"]
+
+    deployment.worker.stop()
+    worker = deployment.start_worker()
+    again = worker.get("/recommendations/erin?k=40")
+    assert "i30" not in {i["item_id"] for i in again["items"]}, "the purchase was forgotten across a restart"
+    assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in live["items"]]

@@ -75,6 +75,8 @@ def read_manifest(onnx_dir: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise EncoderNotAvailable(f"{manifest_path} is unreadable ({exc}); {hint}") from exc
+    if not isinstance(manifest, dict):
+        raise EncoderNotAvailable(f"{manifest_path} is not a JSON object; {hint}")
     missing = [key for key in _MANIFEST_KEYS if key not in manifest]
     if missing:
         raise EncoderNotAvailable(f"{manifest_path} lacks {', '.join(missing)}; {hint}")

@@ -110,6 +110,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(customers=args.customers, rate=args.rate, shown=args.show, seed=args.seed)
 
 
+def _settings(args: argparse.Namespace) -> int:
+    from stream.settings_doc import settings_markdown
+
+    print(settings_markdown())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--show", type=int, default=3, help="customers to print")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    s = sub.add_parser("settings", help="print every setting with its environment variable and default")
+    s.set_defaults(func=_settings)
     return p
 
 

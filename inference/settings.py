@@ -37,21 +37,21 @@ class InferenceSettings(BaseSettings):
     encoder_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA provider when present, else CPU."
     )
-    encoder_batch_size: int = Field(default=64, ge=1, le=4096)
+    encoder_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per encoder call.")
     encoder_threads: int | None = Field(default=None, ge=1, description="onnxruntime intra-op threads.")
 
-    long_term_half_life_days: float = Field(default=30.0, gt=0)
-    session_half_life_minutes: float = Field(default=30.0, gt=0)
+    long_term_half_life_days: float = Field(default=30.0, gt=0, description="Half-life of long-term interest.")
+    session_half_life_minutes: float = Field(default=30.0, gt=0, description="Half-life of session interest.")
     session_gap_minutes: float = Field(default=30.0, gt=0, description="Inactivity that starts a new session.")
     session_weight: float = Field(default=0.5, ge=0, le=1, description="Share of the session vector in the query.")
 
     candidates: int = Field(default=100, ge=1, le=1000, description="ANN candidates retrieved before re-ranking.")
-    default_k: int = Field(default=10, ge=1, le=200)
+    default_k: int = Field(default=10, ge=1, le=200, description="Items per recommendation unless a request says otherwise.")
     exclude_purchased: bool = Field(
         default=True, description="Leave items the user already bought out of recommendations."
     )
-    weight_similarity: float = Field(default=1.0, ge=0)
-    weight_popularity: float = Field(default=0.15, ge=0)
-    weight_category: float = Field(default=0.1, ge=0)
-    popularity_half_life_days: float = Field(default=7.0, gt=0)
+    weight_similarity: float = Field(default=1.0, ge=0, description="Ranking weight of interest similarity.")
+    weight_popularity: float = Field(default=0.15, ge=0, description="Ranking weight of log-scaled fresh popularity.")
+    weight_category: float = Field(default=0.1, ge=0, description="Ranking weight of the user's category preference.")
+    popularity_half_life_days: float = Field(default=7.0, gt=0, description="Half-life of item popularity.")
     profile_cache_size: int = Field(default=100_000, ge=1, description="User profiles kept in memory.")

@@ -111,9 +111,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    from stream.settings_doc import settings_markdown
+    from stream.settings_doc import settings_markdown, with_settings_block
 
-    print(settings_markdown())
+    if args.readme:
+        args.readme.write_text(with_settings_block(args.readme.read_text()))
+    else:
+        print(settings_markdown())
     return 0
 
 
@@ -159,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("settings", help="print every setting with its environment variable and default")
+    s.add_argument("--readme", type=Path, default=None, help="rewrite the settings block of this README instead")
     s.set_defaults(func=_settings)
     return p
 

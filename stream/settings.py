@@ -31,8 +31,10 @@ class StreamSettings(BaseSettings):
         description="How long a fetch waits for data; Faust's own 1500 ms would dominate freshness.",
     )
     session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer-group session timeout.")
-    heartbeat_interval_s: float = Field(default=1.0, gt=0)
-    auto_offset_reset: str = Field(default="earliest", pattern="^(earliest|latest)$")
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Consumer-group heartbeat interval.")
+    auto_offset_reset: str = Field(
+        default="earliest", pattern="^(earliest|latest)$", description="Where a new consumer group starts reading."
+    )
 
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger messages are dead-lettered unread."

@@ -24,3 +24,13 @@ def settings_markdown() -> str:
             lines.append(f"| `{prefix}{name.upper()}` | `{default}` | {meaning} |")
         lines.append("")
     return "\n".join(lines)
+
+
+START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+def with_settings_block(readme: str) -> str:
+    """The README text with the block between the settings markers regenerated."""
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{settings_markdown()}\n{END}{tail}"

@@ -8,6 +8,8 @@ writes. The point's vector is the user's long-term interest, usable for user-use
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -20,26 +22,39 @@ from inference.store import Point, VectorStore
 USERS = "users"
 
 
-def _interest_to_json(interest: Interest | None) -> dict | None:
+def _vector_b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _vector_from_b64(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+
+
+def _interest_to_json(interest: Interest | None) -> list | None:
     if interest is None:
         return None
-    return {"total": interest.total.tolist(), "mass": interest.mass, "updated": interest.updated}
+    return [_vector_b64(interest.total), interest.mass, interest.updated]
 
 
-def _interest_from_json(data: dict | None) -> Interest | None:
+def _interest_from_json(data: list | None) -> Interest | None:
     if data is None:
         return None
-    return Interest(np.asarray(data["total"], dtype=np.float32), float(data["mass"]), float(data["updated"]))
+    total, mass, updated = data
+    return Interest(_vector_from_b64(total), float(mass), float(updated))
 
 
 def profile_to_point(profile: Profile, dim: int) -> Point:
+    """The profile as one point: its vector is the long-term interest, its state one JSON string.
+
+    One opaque string instead of nested payload fields: the store converts a payload key by key,
+    and a profile written on every batch must be cheap to write (vectors travel as base64 float32).
+    """
     direction = profile.long_term.direction() if profile.long_term else None
     if direction is None:
         # Qdrant needs a vector for every point; a user with no interest yet gets a fixed unit one.
         direction = np.zeros(dim, dtype=np.float32)
         direction[0] = 1.0
-    payload = {
-        "user_id": profile.user_id,
+    state = {
         "long_term": _interest_to_json(profile.long_term),
         "session": _interest_to_json(profile.session),
         "session_id": profile.session_id,
@@ -47,34 +62,31 @@ def profile_to_point(profile: Profile, dim: int) -> Point:
         "categories_updated": profile.categories_updated,
         "recent": [[r.item_id, r.type.value, r.ts] for r in profile.recent],
         "purchased": list(profile.purchased),
-        "seen_events": list(profile.seen_events),
-        "rfm": {
-            "first_ts": profile.rfm.first_ts,
-            "last_purchase_ts": profile.rfm.last_purchase_ts,
-            "purchases": profile.rfm.purchases,
-            "monetary": profile.rfm.monetary,
-        },
+        "seen_events": base64.b64encode(np.asarray(profile.seen_events, dtype="<u8").tobytes()).decode("ascii"),
+        "rfm": [profile.rfm.first_ts, profile.rfm.last_purchase_ts, profile.rfm.purchases, profile.rfm.monetary],
         "events": profile.events,
         "stated_interest": profile.stated_interest,
     }
+    payload = {"user_id": profile.user_id, "state": json.dumps(state, separators=(",", ":"))}
     return Point(id=profile.user_id, vector=direction, payload=payload)
 
 
 def profile_from_point(point: Point) -> Profile:
-    p = point.payload
+    state = json.loads(point.payload["state"])
+    first_ts, last_purchase_ts, purchases, monetary = state["rfm"]
     return Profile(
-        user_id=p["user_id"],
-        long_term=_interest_from_json(p.get("long_term")),
-        session=_interest_from_json(p.get("session")),
-        session_id=p.get("session_id"),
-        categories={str(k): float(v) for k, v in (p.get("categories") or {}).items()},
-        categories_updated=p.get("categories_updated"),
-        recent=tuple(RecentItem(i, EventType(t), float(ts)) for i, t, ts in p.get("recent", [])),
-        purchased=tuple(p.get("purchased", [])),
-        seen_events=tuple(p.get("seen_events", [])),
-        rfm=Rfm(**p.get("rfm", {})),
-        events=int(p.get("events", 0)),
-        stated_interest=bool(p.get("stated_interest", False)),
+        user_id=point.payload["user_id"],
+        long_term=_interest_from_json(state["long_term"]),
+        session=_interest_from_json(state["session"]),
+        session_id=state["session_id"],
+        categories={str(k): float(v) for k, v in state["categories"].items()},
+        categories_updated=state["categories_updated"],
+        recent=tuple(RecentItem(i, EventType(t), float(ts)) for i, t, ts in state["recent"]),
+        purchased=tuple(state["purchased"]),
+        seen_events=tuple(int(k) for k in np.frombuffer(base64.b64decode(state["seen_events"]), dtype="<u8")),
+        rfm=Rfm(first_ts, last_purchase_ts, int(purchases), float(monetary)),
+        events=int(state["events"]),
+        stated_interest=bool(state["stated_interest"]),
     )
 
 

@@ -7,6 +7,7 @@ the previous state (no recomputation from history).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 
@@ -29,7 +30,8 @@ CATEGORY_WEIGHTS: dict[EventType, float] = {**EVENT_WEIGHTS, EventType.remove_fr
 
 MAX_RECENT = 20
 MAX_PURCHASED = 500
-MAX_SEEN_EVENTS = 1_000
+MAX_SEEN_EVENTS = 256
+"""Idempotency window per user: a redelivery after a crash replays at most the uncommitted tail."""
 MAX_CATEGORIES = 50
 INTENT_MASS = 4.0
 """Weight of a user's stated interests: about half a purchase, so real behaviour soon dominates."""
@@ -83,7 +85,7 @@ class Profile:
     categories_updated: float | None = None  # None: no category seen yet
     recent: tuple[RecentItem, ...] = ()
     purchased: tuple[str, ...] = ()
-    seen_events: tuple[str, ...] = ()
+    seen_events: tuple[int, ...] = ()  # event_key() of the last MAX_SEEN_EVENTS events
     rfm: Rfm = Rfm()
     events: int = 0
     stated_interest: bool = False  # the profile was seeded from the user's own words
@@ -106,8 +108,13 @@ def fold(interest: Interest | None, vector: np.ndarray, weight: float, ts: float
     )
 
 
+def event_key(event_id: str) -> int:
+    """64-bit digest of an event id: 8 bytes per remembered event instead of the whole id."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
 def is_duplicate(profile: Profile, event_id: str) -> bool:
-    return event_id in profile.seen_events
+    return event_key(event_id) in profile.seen_events
 
 
 def _bounded_append(values: tuple, value, limit: int) -> tuple:
@@ -183,7 +190,7 @@ def apply_event(
         categories_updated=categories_updated,
         recent=recent,
         purchased=purchased,
-        seen_events=_bounded_append(profile.seen_events, event_id, MAX_SEEN_EVENTS),
+        seen_events=_bounded_append(profile.seen_events, event_key(event_id), MAX_SEEN_EVENTS),
         rfm=rfm,
         events=profile.events + 1,
     )

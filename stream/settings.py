@@ -24,7 +24,7 @@ class StreamSettings(BaseSettings):
 
     batch_size: int = Field(default=500, ge=1, description="Most events handled as one batch.")
     batch_window_s: float = Field(
-        default=0.01, gt=0, description="Longest wait for a batch to fill before it is handled."
+        default=0.002, gt=0, description="Longest wait for a batch to fill before it is handled."
     )
     fetch_max_wait_ms: int = Field(
         default=10, ge=0, le=5000,

@@ -1,0 +1,109 @@
+"""Non-learned baselines of the offline protocol: popularity and item co-occurrence.
+
+Both are fitted on the history units of all users (the training data of every system) and score
+all items for a chunk of users, as the learned systems do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.split import Phase, ProtocolSplit, without_items
+
+
+def training_units(split: ProtocolSplit, drop: np.ndarray | None = None) -> list[list[list[int]]]:
+    """Each user's history units, without the items in ``drop`` (held-out cold-start items)."""
+    return [without_items(split.history(u), drop) for u in range(split.n_users)]
+
+
+def item_counts(split: ProtocolSplit, drop: np.ndarray | None = None) -> np.ndarray:
+    """How often each item occurs in the training units."""
+    flat = [item for units in training_units(split, drop) for unit in units for item in unit]
+    return np.bincount(np.asarray(flat, dtype=np.int64), minlength=split.n_items).astype(np.float64)
+
+
+class Popularity:
+    """Rank items by their count in the training data (the same list for everyone)."""
+
+    name = "popularity"
+
+    def __init__(self) -> None:
+        self.counts: torch.Tensor | None = None
+
+    def fit(self, split: ProtocolSplit, drop: np.ndarray | None = None) -> "Popularity":
+        self.counts = torch.from_numpy(item_counts(split, drop)).to(torch.float32)
+        return self
+
+    def scores(self, split: ProtocolSplit, users: np.ndarray, phase: Phase) -> torch.Tensor:
+        if self.counts is None:
+            raise RuntimeError("fit() the popularity baseline before scoring")
+        return self.counts.expand(len(users), -1)
+
+
+class CoOccurrence:
+    """Item-to-item co-occurrence: P(j | i) from training units, summed over a user's recent items.
+
+    Pairs (i, j) count when j is in the same unit as i (baskets) or in one of the ``window``
+    units after it, weighted 1 / distance in units. A user's score for j is the sum over items
+    i of their last ``recent`` input units, weighted ``decay ** age``, of the row-normalised
+    counts. Popularity, scaled below any co-occurrence signal, breaks ties and fills in for users
+    whose items co-occur with nothing.
+    """
+
+    name = "cooccurrence"
+
+    def __init__(self, window: int = 3, recent: int = 3, decay: float = 0.5) -> None:
+        if window < 1 or recent < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError("window and recent must be >= 1 and decay in (0, 1]")
+        self.window, self.recent, self.decay = window, recent, decay
+        self.matrix_t: torch.Tensor | None = None
+        self.prior: torch.Tensor | None = None
+
+    def fit(self, split: ProtocolSplit, drop: np.ndarray | None = None) -> "CoOccurrence":
+        n = split.n_items
+        keys, weights = [], []
+        for units in training_units(split, drop):
+            arrays = [np.asarray(unit, dtype=np.int64) for unit in units]
+            for a, left in enumerate(arrays):
+                if split.unit == "basket" and len(left) > 1:
+                    i, j = np.meshgrid(left, left, indexing="ij")
+                    off = i != j
+                    keys.append(i[off] * n + j[off])
+                    weights.append(np.ones(int(off.sum())))
+                for d in range(1, self.window + 1):
+                    if a + d >= len(arrays):
+                        break
+                    i, j = np.meshgrid(left, arrays[a + d], indexing="ij")
+                    off = i != j
+                    keys.append(i[off] * n + j[off])
+                    weights.append(np.full(int(off.sum()), 1.0 / d))
+        if keys:
+            key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+            value = np.bincount(inverse, weights=np.concatenate(weights))
+        else:
+            key, value = np.zeros(0, dtype=np.int64), np.zeros(0)
+        rows, cols = key // n, key % n
+        row_sum = np.bincount(rows, weights=value, minlength=n)
+        value = value / row_sum[rows]
+        # Stored transposed, so scoring is one CSR x dense product: (C^T W^T)^T = W C.
+        self.matrix_t = torch.sparse_coo_tensor(
+            np.stack([cols, rows]), value.astype(np.float32), (n, n)
+        ).coalesce().to_sparse_csr()
+        counts = item_counts(split, drop)
+        self.prior = torch.from_numpy(1e-6 * counts / max(counts.max(), 1.0)).to(torch.float32)
+        return self
+
+    def user_weights(self, split: ProtocolSplit, users: np.ndarray, phase: Phase) -> torch.Tensor:
+        weights = torch.zeros(len(users), split.n_items)
+        for row, u in enumerate(users):
+            units = split.inputs(int(u), phase)[-self.recent :]
+            for age, unit in enumerate(reversed(units)):
+                weights[row, torch.as_tensor(unit)] += self.decay**age
+        return weights
+
+    def scores(self, split: ProtocolSplit, users: np.ndarray, phase: Phase) -> torch.Tensor:
+        if self.matrix_t is None or self.prior is None:
+            raise RuntimeError("fit() the co-occurrence baseline before scoring")
+        weights = self.user_weights(split, users, phase)
+        return (self.matrix_t @ weights.T).T + self.prior

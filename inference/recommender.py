@@ -7,8 +7,10 @@ No Kafka here: `stream/` feeds it, tests and the CLI call it directly.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,7 @@ class CatalogChange:
 class Recommender:
     def __init__(self, encoder: TextEncoder, store: VectorStore, settings: InferenceSettings):
         self.encoder, self.store, self.settings = encoder, store, settings
+        self.on_stage: Callable[[str, float], None] | None = None  # told how long each stage took
         self.dim = encoder.dim
         store.ensure_collection(
             ITEMS, self.dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",)
@@ -83,6 +86,21 @@ class Recommender:
         )
         self.weights = Weights(settings.weight_similarity, settings.weight_popularity, settings.weight_category)
         self._load_catalog()
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.on_stage is not None:
+                self.on_stage(name, time.perf_counter() - start)
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._stage("encode"):
+            return self.encoder.encode(texts)
 
     @property
     def model_version(self) -> str:
@@ -112,7 +130,7 @@ class Recommender:
         existing = {p.id: p for p in self.store.retrieve(ITEMS, list(texts), with_vectors=True)}
         to_embed = [i for i in live if existing.get(i.item_id) is None
                     or existing[i.item_id].payload.get("text_hash") != digests[i.item_id]]
-        vectors = dict(zip([i.item_id for i in to_embed], self.encoder.encode([texts[i.item_id] for i in to_embed])))
+        vectors = dict(zip([i.item_id for i in to_embed], self._encode([texts[i.item_id] for i in to_embed])))
         popularity = self.popularity.snapshot()
         points = []
         for item in live:
@@ -146,10 +164,11 @@ class Recommender:
         """
         if not events:
             return []
-        profiles = self.profiles.get_many(e.user_id for e in events)
-        records = self.items.get_many(e.item_id for e in events if e.item_id)
+        with self._stage("load"):
+            profiles = self.profiles.get_many(e.user_id for e in events)
+            records = self.items.get_many(e.item_id for e in events if e.item_id)
         queries = [e for e in events if e.type is EventType.search and e.query]
-        query_vectors = dict(zip((e.event_id for e in queries), self.encoder.encode([e.query for e in queries])))
+        query_vectors = dict(zip((e.event_id for e in queries), self._encode([e.query for e in queries])))
         changed: dict[str, Profile] = {}
         last_event: dict[str, Event] = {}
         for event in events:
@@ -176,7 +195,8 @@ class Recommender:
                     self.popularity.add(record.item_id, EVENT_WEIGHTS[event.type], ts)
             if event.type is not EventType.impression:
                 last_event[event.user_id] = event
-        self.profiles.save_many(list(changed.values()))
+        with self._stage("save"):
+            self.profiles.save_many(list(changed.values()))
         users = list(last_event)
         recs = self._recommend_many(
             [profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users)
@@ -194,7 +214,7 @@ class Recommender:
         """Embed users' own words into their profiles; the text itself is dropped, never stored."""
         if not intents:
             return []
-        vectors = self.encoder.encode([i.text for i in intents])
+        vectors = self._encode([i.text for i in intents])
         profiles = self.profiles.get_many(i.user_id for i in intents)
         for intent, vector in zip(intents, vectors):
             ts = (intent.ts or utcnow()).timestamp()
@@ -237,12 +257,13 @@ class Recommender:
         with_vector = [i for i, q in enumerate(queries) if q is not None]
         hits_by_index: dict[int, list[Candidate]] = {}
         if with_vector:
-            batch = self.store.search_batch(
-                ITEMS,
-                np.stack([queries[i] for i in with_vector]),
-                limit,
-                filters=[self._store_filter(profiles[i], filters[i]) for i in with_vector],
-            )
+            with self._stage("retrieve"):
+                batch = self.store.search_batch(
+                    ITEMS,
+                    np.stack([queries[i] for i in with_vector]),
+                    limit,
+                    filters=[self._store_filter(profiles[i], filters[i]) for i in with_vector],
+                )
             for i, hits in zip(with_vector, batch):
                 records = self.items.get_many(h.id for h in hits)
                 hits_by_index[i] = [

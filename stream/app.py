@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from faust.web import Request as WebRequest, Response, View
@@ -22,24 +20,13 @@ from inference.recommender import Recommender
 from inference.schemas import DeadLetter, Event, Intent, Item, Message, Request, RequestFilters, utcnow
 from inference.store import StoreError
 from stream.intake import Accepted, Limits, Rejected, decode
+from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
 from stream.settings import StreamSettings
 from stream.transport import StreamrecApp
 
 log = logging.getLogger("streamrec.worker")
 
 STORE_RETRY_MAX_S = 30.0
-
-
-@dataclass
-class WorkerState:
-    """Counters and health the HTTP views report; mutated only on the event loop."""
-
-    processed: Counter = field(default_factory=Counter)  # by message kind and event type
-    dead_lettered: Counter = field(default_factory=Counter)  # by reason
-    published: int = 0
-    started_at: float = field(default_factory=time.time)
-    healthy: bool = True
-    last_error: str | None = None
 
 
 def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecApp:
@@ -61,6 +48,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     state = WorkerState()
+    metrics = WorkerMetrics(state, lambda: recommender.model_version)
+    recommender.on_stage = metrics.observe_stage
     app.streamrec_state = state
     app.recommender = recommender
     limits = Limits(settings.max_message_bytes, settings.max_json_depth, settings.max_future_skew_s)
@@ -104,7 +93,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             error=str(reason)[:2000],
             at=utcnow(),
         )
-        await deadletter_topic.send(key=msg.key, value=record.to_bytes())
+        # Wait for the broker's ack: the input's offset must not be committed before its dead letter.
+        await (await deadletter_topic.send(key=msg.key, value=record.to_bytes()))
         state.dead_lettered[reason.reason] += 1
         log.info("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
@@ -134,35 +124,46 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 await dead_letter(event, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
         return _concat(results)
 
-    async def publish(recs) -> None:
+    async def publish(recs, published_at: dict[str, float] | None = None) -> None:
+        """Send, then wait for the broker's acks: the batch's offsets are acked only after this."""
+        pending = [await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
+                   for rec in recs or ()]
+        await asyncio.gather(*pending)
+        state.published += len(pending)
+        now = time.time()
         for rec in recs or ():
-            await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
-        state.published += len(recs or ())
+            if published_at and rec.trigger_event_id in published_at:
+                metrics.freshness.observe(max(now - published_at[rec.trigger_event_id], 0.0))
 
     @app.agent(items_topic)
     async def on_items(stream):
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            accepted = await accept(batch, Item)
-            if accepted:
-                await process(accepted, recommender.upsert_items)
-                state.processed["item"] += len(accepted)
+            with metrics.batch.labels("items").time():
+                accepted = await accept(batch, Item)
+                if accepted:
+                    await process(accepted, recommender.upsert_items)
+                    state.processed["item"] += len(accepted)
 
     @app.agent(events_topic)
     async def on_events(stream):
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            accepted = await accept(batch, Event)
-            if accepted:
-                await publish(await process(accepted, recommender.process_events))
-                for _, event in accepted:
-                    state.processed[f"event.{event.type.value}"] += 1
+            with metrics.batch.labels("events").time():
+                accepted = await accept(batch, Event)
+                if accepted:
+                    # Kafka's CreateTime of each event: freshness is measured from publication.
+                    published_at = {m.event_id: e.message.timestamp for e, m in accepted}
+                    await publish(await process(accepted, recommender.process_events), published_at)
+                    for _, event in accepted:
+                        state.processed[f"event.{event.type.value}"] += 1
 
     @app.agent(intents_topic)
     async def on_intents(stream):
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            accepted = await accept(batch, Intent)
-            if accepted:
-                await publish(await process(accepted, recommender.seed_interests))
-                state.processed["intent"] += len(accepted)
+            with metrics.batch.labels("intents").time():
+                accepted = await accept(batch, Intent)
+                if accepted:
+                    await publish(await process(accepted, recommender.seed_interests))
+                    state.processed["intent"] += len(accepted)
 
     def answer_requests(requests: Sequence[Request]):
         return [recommender.recommend(r.user_id, k=r.k, filters=r.filters, request_id=r.request_id) for r in requests]
@@ -170,14 +171,29 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     @app.agent(requests_topic)
     async def on_requests(stream):
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            accepted = await accept(batch, Request)
-            if accepted:
-                await publish(await process(accepted, answer_requests))
-                state.processed["request"] += len(accepted)
+            with metrics.batch.labels("requests").time():
+                accepted = await accept(batch, Request)
+                if accepted:
+                    await publish(await process(accepted, answer_requests))
+                    state.processed["request"] += len(accepted)
 
     @app.timer(interval=settings.popularity_flush_s)
     async def persist_popularity():
         await in_executor(recommender.flush_popularity)
+
+    @app.timer(interval=5.0)
+    async def measure_lag():
+        lag = {}
+        for tp in app.consumer.assignment():
+            position = await app.consumer.position(tp)
+            if position is not None:
+                lag[(tp.topic, tp.partition)] = max(app.consumer.highwater(tp) - position, 0)
+        state.consumer_lag = lag
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: WebRequest) -> Response:
+            return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
     @app.page("/recommendations/{user_id}")
     class RecommendationsView(View):

@@ -59,6 +59,10 @@ class WorkerProcess:
                 return None
             raise
 
+    def get_text(self, path: str, timeout: float = 10.0) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read().decode()
+
     def stats(self) -> dict:
         return self.get("/stats")
 

@@ -95,11 +95,19 @@ class CoOccurrence:
         return self
 
     def user_weights(self, split: ProtocolSplit, users: np.ndarray, phase: Phase) -> torch.Tensor:
-        weights = torch.zeros(len(users), split.n_items)
+        rows, cols, values = [], [], []
         for row, u in enumerate(users):
             units = split.inputs(int(u), phase)[-self.recent :]
             for age, unit in enumerate(reversed(units)):
-                weights[row, torch.as_tensor(unit)] += self.decay**age
+                rows.extend([row] * len(unit))
+                cols.extend(unit)
+                values.extend([self.decay**age] * len(unit))
+        weights = torch.zeros(len(users), split.n_items)
+        weights.index_put_(
+            (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)),
+            torch.as_tensor(values, dtype=torch.float32),
+            accumulate=True,
+        )
         return weights
 
     def scores(self, split: ProtocolSplit, users: np.ndarray, phase: Phase) -> torch.Tensor:

@@ -50,14 +50,43 @@ def rank_items(
     rows, cols = _ragged_coords(exclude)
     if len(cols):
         scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
-    # Stable descending sort keeps equal scores in item-index order.
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    position = torch.empty_like(order)
-    position.scatter_(1, order, torch.arange(n_items).expand(n_cases, n_items).contiguous())
+    top = top_k(scores, k)
     t_rows, t_cols = _ragged_coords(targets)
-    flat = (position[torch.from_numpy(t_rows), torch.from_numpy(t_cols)] + 1).numpy()
+    flat = target_ranks(scores, torch.from_numpy(t_rows), torch.from_numpy(t_cols))
     bounds = np.cumsum([len(t) for t in targets])[:-1]
-    return order[:, :k].numpy().astype(np.int64), np.split(flat.astype(np.int64), bounds)
+    return top, np.split(flat, bounds)
+
+
+def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
+    """The ``k`` best items per row, by score descending then item index ascending."""
+    n_rows, n_items = scores.shape
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    above = scores > kth
+    tied = scores == kth
+    # Of the items tied with the k-th score, the lowest indices fill the remaining places.
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
+    cols = chosen.nonzero()[:, 1].reshape(n_rows, k)  # row-major: ascending index per row
+    values = scores.gather(1, cols)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return cols.gather(1, order).numpy().astype(np.int64)
+
+
+def target_ranks(
+    scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, block: int = 2048
+) -> np.ndarray:
+    """1-based rank of item ``cols[m]`` in row ``rows[m]`` of ``scores`` (ties by item index)."""
+    n_items = scores.shape[1]
+    index = torch.arange(n_items)
+    out = torch.empty(len(rows), dtype=torch.int64)
+    for lo in range(0, len(rows), block):
+        r, c = rows[lo : lo + block], cols[lo : lo + block, None]
+        block_scores = scores[r]
+        own = block_scores.gather(1, c)
+        better = (block_scores > own).sum(dim=1)
+        tied_before = ((block_scores == own) & (index < c)).sum(dim=1)
+        out[lo : lo + block] = better + tied_before + 1
+    return out.numpy()
 
 
 def _ragged_coords(lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

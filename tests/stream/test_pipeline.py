@@ -56,6 +56,9 @@ def test_events_answer_the_right_user_without_bought_or_deleted_items(deployment
     assert "i5" not in alice_items | {i.item_id for i in bob.items}, "deleted items must not be recommended"
     assert [i.position for i in alice.items] == list(range(1, 11))
     assert all(i.reason for i in alice.items) and alice.model_version
+    metrics = deployment.worker.get_text("/metrics")
+    assert 'streamrec_events_processed_total{type="purchase"}' in metrics
+    assert "streamrec_freshness_seconds_count" in metrics and 'stage="retrieve"' in metrics
 
 
 def test_bad_input_is_dead_lettered_with_its_bytes_and_the_good_is_processed(deployment):

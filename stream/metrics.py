@@ -1,0 +1,79 @@
+"""Prometheus metrics of a worker, served at `/metrics`.
+
+Counters are read from the worker's own `WorkerState` at scrape time (the same numbers `/stats`
+shows, counted once); latencies are Prometheus histograms. Each app gets its own registry, so
+several apps in one process (tests) don't collide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset itself
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class WorkerState:
+    """Counters and health the HTTP views report; mutated only on the event loop."""
+
+    processed: Counter = field(default_factory=Counter)  # "event.<type>", "item", "intent", "request"
+    dead_lettered: Counter = field(default_factory=Counter)  # by reason code
+    published: int = 0
+    started_at: float = field(default_factory=time.time)
+    healthy: bool = True
+    last_error: str | None = None
+    consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class _StateCollector:
+    def __init__(self, state: WorkerState, model_version):
+        self._state, self._model_version = state, model_version
+
+    def collect(self):
+        events = CounterMetricFamily("streamrec_events_processed", "Events processed, by type.", labels=["type"])
+        messages = CounterMetricFamily("streamrec_messages_processed", "Messages processed, by kind.", labels=["kind"])
+        for key, n in self._state.processed.items():
+            kind, _, event_type = key.partition(".")
+            messages.add_metric([kind], n) if not event_type else events.add_metric([event_type], n)
+        messages.add_metric(["event"], sum(n for k, n in self._state.processed.items() if k.startswith("event.")))
+        dead = CounterMetricFamily("streamrec_deadletter", "Messages dead-lettered, by reason.", labels=["reason"])
+        for reason, n in self._state.dead_lettered.items():
+            dead.add_metric([reason], n)
+        published = CounterMetricFamily("streamrec_recommendations_published", "Recommendations published.")
+        published.add_metric([], self._state.published)
+        model = GaugeMetricFamily("streamrec_model_info", "The encoder version being served.", labels=["version"])
+        model.add_metric([self._model_version()], 1)
+        healthy = GaugeMetricFamily("streamrec_healthy", "1 while the worker's dependencies answer.")
+        healthy.add_metric([], 1 if self._state.healthy else 0)
+        lag = GaugeMetricFamily("streamrec_consumer_lag", "Messages not yet read, by partition.",
+                                labels=["topic", "partition"])
+        for (topic, partition), n in self._state.consumer_lag.items():
+            lag.add_metric([topic, str(partition)], n)
+        yield from (events, messages, dead, published, model, healthy, lag)
+
+
+class WorkerMetrics:
+    def __init__(self, state: WorkerState, model_version):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_StateCollector(state, model_version))
+        self.freshness = Histogram(
+            "streamrec_freshness_seconds", "Event published to its recommendation published.",
+            buckets=FRESHNESS_BUCKETS, registry=self.registry,
+        )
+        self.batch = Histogram("streamrec_batch_seconds", "Time to process one batch.", ["topic"],
+                               buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.stage = Histogram("streamrec_stage_seconds", "Time in one stage of a batch.", ["stage"],
+                               buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

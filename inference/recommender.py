@@ -7,6 +7,7 @@ No Kafka here: `stream/` feeds it, tests and the CLI call it directly.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +50,9 @@ from inference.schemas import (
     utcnow,
 )
 from inference.settings import InferenceSettings
-from inference.store import Filter, Point, VectorStore, open_store
+from inference.store import Filter, Point, StoreUnavailable, VectorStore, open_store
+
+log = logging.getLogger("streamrec.recommender")
 
 _REC_NAMESPACE = uuid.UUID("6f1c3a52-2b7e-4c1e-9d0a-5c2f7e8b9a10")
 
@@ -341,6 +344,28 @@ def encoder_dir(settings: InferenceSettings) -> Path:
     return ensure_exported(settings.encoder_model_dir or default_model_dir(), settings.data_dir / "models")
 
 
+def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> VectorStore:
+    """Open the vector store, retrying with back-off for up to `store_wait_s` while it is
+    unreachable (server) or locked by another process (embedded), so a restart during a rolling
+    update or a store outage delays the worker instead of crash-looping it."""
+    deadline = time.monotonic() + settings.store_wait_s
+    delay = 0.5
+    while True:
+        try:
+            return open_store(
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                data_dir=settings.data_dir,
+                timeout_s=settings.qdrant_timeout_s,
+            )
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("vector store unavailable, retrying in %.1fs: %s", delay, exc)
+            sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 def open_recommender(settings: InferenceSettings) -> Recommender:
     """Everything the engine needs, from settings: encoder (exported if needed) and vector store."""
     encoder = TextEncoder(
@@ -349,10 +374,4 @@ def open_recommender(settings: InferenceSettings) -> Recommender:
         batch_size=settings.encoder_batch_size,
         threads=settings.encoder_threads,
     )
-    store = open_store(
-        url=settings.qdrant_url,
-        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-        data_dir=settings.data_dir,
-        timeout_s=settings.qdrant_timeout_s,
-    )
-    return Recommender(encoder, store, settings)
+    return Recommender(encoder, open_store_waiting(settings), settings)

@@ -25,6 +25,10 @@ class InferenceSettings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key.")
     qdrant_timeout_s: float = Field(default=10.0, gt=0, description="Qdrant request timeout.")
+    store_wait_s: float = Field(
+        default=300.0, ge=0,
+        description="At start, how long to keep retrying a vector store that is unreachable or locked.",
+    )
 
     encoder_model_dir: Path | None = Field(
         default=None,

@@ -8,6 +8,7 @@ keeps heartbeating and answering HTTP), and publish what it returns.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from inference.recommender import Recommender
 from inference.schemas import DeadLetter, Event, Intent, Item, Message, Request, RequestFilters, utcnow
 from inference.store import StoreError
 from stream.intake import Accepted, Limits, Rejected, decode
+from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
 from stream.settings import StreamSettings
 from stream.transport import StreamrecApp
@@ -45,6 +47,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         broker_commit_interval=1.0,
         web_transport=f"tcp://{settings.http_host}:{settings.http_port}",
         autodiscover=False,
+        broker_credentials=faust_credentials(settings),
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     state = WorkerState()
@@ -195,9 +198,22 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         async def get(self, request: WebRequest) -> Response:
             return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
+    token = settings.http_token.get_secret_value().encode() if settings.http_token else None
+
+    def unauthorized(view: View, request: WebRequest) -> Response | None:
+        """None when the request may proceed; a 401 when a token is configured and not presented."""
+        if token is None:
+            return None
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        if hmac.compare_digest(presented, token):
+            return None
+        return view.json({"error": "missing or wrong bearer token"}, status=401)
+
     @app.page("/recommendations/{user_id}")
     class RecommendationsView(View):
         async def get(self, request: WebRequest, user_id: str) -> Response:
+            if (denied := unauthorized(self, request)) is not None:
+                return denied
             try:
                 k = int(request.query.get("k", recommender.settings.default_k))
                 filters = RequestFilters(
@@ -223,6 +239,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     @app.page("/stats")
     class StatsView(View):
         async def get(self, request: WebRequest) -> Response:
+            if (denied := unauthorized(self, request)) is not None:
+                return denied
             return self.json({
                 "processed": dict(state.processed),
                 "dead_lettered": dict(state.dead_lettered),

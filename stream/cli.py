@@ -57,7 +57,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.customers:
         log = sample_customers(log, args.customers, seed=args.seed)
     items, events = list(retail_items(log)), list(retail_events(log))
-    kafka = producer(settings.kafka_bootstrap_servers)
+    kafka = producer(settings.kafka_bootstrap_servers, settings)
     try:
         if not args.events_only:
             t = publish(kafka, settings.topic("items"), items, label="items")
@@ -77,8 +77,9 @@ def _recommend(args: argparse.Namespace) -> int:
     query = urllib.parse.urlencode({"k": args.k})
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     url = f"http://{host}:{settings.http_port}/recommendations/{urllib.parse.quote(args.user, safe='')}?{query}"
+    headers = {"Authorization": f"Bearer {settings.http_token.get_secret_value()}"} if settings.http_token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
             rec = json.load(response)
     except urllib.error.URLError as exc:
         print(f"streamrec recommend: no worker answered at {url} ({exc}). Start one with `streamrec worker`"

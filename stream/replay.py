@@ -15,6 +15,8 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from inference.schemas import Event, EventType, Item
+from stream.kafka_auth import kafka_python_config
+from stream.settings import StreamSettings
 from training.datasets import RetailLog
 
 
@@ -42,8 +44,10 @@ def retail_events(log: RetailLog) -> Iterator[Event]:
         )
 
 
-def producer(bootstrap: str) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=bootstrap.split(","), acks=1, linger_ms=5, retries=5)
+def producer(bootstrap: str, settings: StreamSettings | None = None) -> KafkaProducer:
+    """A producer for the given servers, secured like the worker when settings are given."""
+    security = kafka_python_config(settings) if settings is not None else {}
+    return KafkaProducer(bootstrap_servers=bootstrap.split(","), acks=1, linger_ms=5, retries=5, **security)
 
 
 @dataclass

@@ -5,7 +5,10 @@ Every field can be set by an environment variable `STREAMREC_<FIELD>` (case-inse
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,12 +18,28 @@ class StreamSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers (host:port)."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to talk to Kafka; production: SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (Strimzi's SCRAM users: SCRAM-SHA-512)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret).")
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certificates.")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key for mutual TLS.")
     topic_prefix: str = Field(default="streamrec.", description="Prefix of every topic name.")
     app_id: str = Field(default="streamrec", description="Kafka consumer group id of the workers.")
     topic_partitions: int = Field(default=4, ge=1, description="Partitions of the topics the worker declares.")
 
     http_host: str = Field(default="127.0.0.1", description="Address the worker's HTTP server binds.")
     http_port: int = Field(default=6066, ge=1, le=65535, description="Port of the worker's HTTP server.")
+    http_token: SecretStr | None = Field(
+        default=None,
+        description="If set, /recommendations and /stats require `Authorization: Bearer <token>` "
+        "(/health and /metrics stay open for probes and scrapers).",
+    )
 
     batch_size: int = Field(default=500, ge=1, description="Most events handled as one batch.")
     batch_window_s: float = Field(
@@ -44,6 +63,19 @@ class StreamSettings(BaseSettings):
         default=86_400.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )
     popularity_flush_s: float = Field(default=10.0, gt=0, description="How often popularity is persisted.")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> StreamSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"STREAMREC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "STREAMREC_KAFKA_SASL_USERNAME and STREAMREC_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("STREAMREC_KAFKA_SSL_CERTFILE and STREAMREC_KAFKA_SSL_KEYFILE go together")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -48,9 +48,12 @@ class WorkerProcess:
         self.stop()
         raise WorkerFailed(f"worker not ready after {self.startup_timeout}s:\n{self.log_tail()}")
 
-    def get(self, path: str, *, quiet: bool = False, timeout: float = 10.0):
+    def get(self, path: str, *, quiet: bool = False, timeout: float = 10.0, headers: dict | None = None):
+        token = self.env.get("STREAMREC_HTTP_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token and headers is None else (headers or {})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            request = urllib.request.Request(self.url + path, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:  # /health answers 503 with a body while degraded
             return json.load(exc)

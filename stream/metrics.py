@@ -8,8 +8,10 @@ several apps in one process (tests) don't collide.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -30,6 +32,16 @@ class WorkerState:
     healthy: bool = True
     last_error: str | None = None
     consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    freshness: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (wall time, seconds)
+
+    def freshness_summary(self, window_s: float = 60.0) -> dict:
+        """p50/p99 freshness in milliseconds over the last `window_s` seconds (for /stats, /status)."""
+        since = time.time() - window_s
+        recent = [latency for at, latency in self.freshness if at >= since]
+        if not recent:
+            return {"n": 0, "p50_ms": None, "p99_ms": None}
+        p50, p99 = np.percentile(np.asarray(recent) * 1000, [50, 99])
+        return {"n": len(recent), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1)}
 
 
 class _StateCollector:

@@ -34,6 +34,7 @@ CUSTOM_KINDS = {
     ("kafka.strimzi.io/v1", "KafkaTopic"),
     ("kafka.strimzi.io/v1", "KafkaUser"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
@@ -41,15 +42,9 @@ TOPICS = ("events", "items", "intents", "requests", "recommendations", "deadlett
           "model-updates", "erasures")
 # Keyed by user id: must be co-partitioned with events (same count), so one worker owns a user.
 USER_KEYED = ("events", "intents", "requests", "recommendations", "segments", "erasures")
-# Kafka authentication settings the deployment already passes, ahead of stream/settings.py
-# (which ignores unknown STREAMREC_* variables until it has the fields).
-PENDING_SETTINGS = {
-    "STREAMREC_KAFKA_SECURITY_PROTOCOL",
-    "STREAMREC_KAFKA_SASL_MECHANISM",
-    "STREAMREC_KAFKA_SASL_USERNAME",
-    "STREAMREC_KAFKA_SASL_PASSWORD",
-}
-PENDING_SECRETS = {"STREAMREC_KAFKA_SASL_PASSWORD"}
+ENV_FILE = K8S / "base" / "config" / "streamrec.env"
+# Secrets the training job needs (it serves no HTTP, so no STREAMREC_HTTP_TOKEN).
+TRAIN_SECRETS = {"STREAMREC_QDRANT_API_KEY", "STREAMREC_KAFKA_SASL_PASSWORD"}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "CronJob")
 
 
@@ -65,6 +60,12 @@ def settings_fields() -> dict[str, bool]:
             secret = annotation is SecretStr or SecretStr in typing.get_args(annotation)
             fields[f"{prefix}{name.upper()}"] = secret
     return fields
+
+
+def deliberately_unset() -> dict[str, str]:
+    """`# unset: NAME - reason` lines of the env file: settings left at their default on purpose."""
+    found = re.findall(r"^# unset: (STREAMREC_\w+) - (.+)$", ENV_FILE.read_text(), flags=re.MULTILINE)
+    return dict(found)
 
 
 def config_map(r: Rendered) -> dict[str, str]:
@@ -219,7 +220,8 @@ def test_custom_resources_are_well_formed(rendered, overlay):
         if "authorization" in user["spec"]:
             assert "authorization" in spec["kafka"], "ACLs need authorization on the Kafka cluster"
 
-    deployments = {d["metadata"]["name"] for d in r.of_kind("Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in r.of_kind("Deployment")}
+    auths = {a["metadata"]["name"]: a for a in r.of_kind("TriggerAuthentication")}
     for so in r.of_kind("ScaledObject"):
         target = so["spec"]["scaleTargetRef"]
         assert target.get("kind", "Deployment") == "Deployment" and target["name"] in deployments
@@ -230,6 +232,24 @@ def test_custom_resources_are_well_formed(rendered, overlay):
             assert {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"} <= set(meta)
             assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
             assert int(meta["lagThreshold"]) > 0
+            assert meta.get("sasl", "none") in {"none", "plaintext", "scram_sha256", "scram_sha512"}
+            assert meta.get("tls", "disable") in {"enable", "disable"}
+            if meta.get("sasl", "none") != "none":
+                auth = auths[trigger["authenticationRef"]["name"]]["spec"]
+                params = {x["parameter"] for x in auth.get("secretTargetRef", []) + auth.get("env", [])}
+                assert {"username", "password"} <= params
+                if meta.get("tls") == "enable":
+                    assert "ca" in params
+                containers = {c["name"]: c for c in pod_spec(deployments[target["name"]])["containers"]}
+                for ref in auth.get("env", []):
+                    # KEDA resolves these from the target container's env and envFrom.
+                    assert ref["containerName"] in containers
+                    c = containers[ref["containerName"]]
+                    env = {e["name"] for e in c.get("env", [])}
+                    from_maps = {k for e in c.get("envFrom", []) if "configMapRef" in e
+                                 for cm in r.of_kind("ConfigMap") if cm["metadata"]["name"] == e["configMapRef"]["name"]
+                                 for k in cm["data"]}
+                    assert ref["name"] in env | from_maps, f"KEDA cannot resolve {ref['name']}"
 
     pods = {(d["kind"], d["metadata"]["name"]): d for d in workloads(r)}
     for pm in r.of_kind("PodMonitor"):
@@ -258,19 +278,23 @@ def test_every_setting_is_in_the_configmap_or_a_secret(rendered, overlay, monkey
     r = rendered[overlay]
     data = config_map(r)
     fields = settings_fields()
-    missing = [var for var, secret in fields.items() if not secret and var not in data]
+    unset = deliberately_unset()
+    missing = [var for var, secret in fields.items() if not secret and var not in data and var not in unset]
     assert not missing, f"settings missing from deploy/k8s/base/config/streamrec.env: {missing}"
-    leaked = [var for var in data if fields.get(var) or var in PENDING_SECRETS]
+    assert all(len(reason.split()) >= 3 for reason in unset.values()), "say why a setting stays unset"
+    assert not set(unset) & set(data), f"both set and unset: {set(unset) & set(data)}"
+    leaked = [var for var in data if fields.get(var)]
     assert not leaked, f"secrets must come from a Secret, not the ConfigMap: {leaked}"
-    unknown = [var for var in data if var.startswith("STREAMREC_") and var not in set(fields) | PENDING_SETTINGS]
+    unknown = [var for var in list(data) + list(unset) if var.startswith("STREAMREC_") and var not in fields]
     assert not unknown, f"no such setting (stream/settings.py, inference/settings.py): {unknown}"
 
-    secrets = {var for var, secret in fields.items() if secret} | PENDING_SECRETS
-    for doc in [r.one("Deployment", "streamrec-worker"), r.one("CronJob", "streamrec-train")]:
+    secrets = {var for var, secret in fields.items() if secret}
+    for doc, needed in ((r.one("Deployment", "streamrec-worker"), secrets),
+                        (r.one("CronJob", "streamrec-train"), secrets & TRAIN_SECRETS)):
         [main] = pod_spec(doc)["containers"]
         assert any(e.get("configMapRef", {}).get("name") == config_map_name(r) for e in main.get("envFrom", []))
         env = {e["name"]: e for e in main.get("env", [])}
-        for var in secrets:
+        for var in needed:
             assert "secretKeyRef" in env.get(var, {}).get("valueFrom", {}), f"{doc['kind']}: {var} not from a Secret"
 
     # The values are valid for the settings models (e.g. no empty string for an optional int).
@@ -290,17 +314,29 @@ def config_map_name(r: Rendered) -> str:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secret_references_resolve(rendered, overlay):
     r = rendered[overlay]
-    generated = {u["metadata"]["name"] for u in r.of_kind("KafkaUser")}  # Strimzi writes these
+    # Strimzi writes a Secret per KafkaUser and one with the cluster CA certificate.
+    generated = {u["metadata"]["name"] for u in r.of_kind("KafkaUser")}
+    generated |= {f"{k['metadata']['name']}-cluster-ca-cert" for k in r.of_kind("Kafka")}
     rendered_secrets = {s["metadata"]["name"] for s in r.of_kind("Secret")}
     external = {"streamrec-secrets"} if overlay == "prod" else set()  # created out of band (deploy/README.md)
+    known = generated | rendered_secrets | external
+    refs = []
     for doc in workloads(r):
-        for c in pod_spec(doc)["containers"]:
-            for e in c.get("env", []):
-                ref = e.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["name"] in generated | rendered_secrets | external, f"{doc['kind']}: no Secret {ref['name']}"
+        spec = pod_spec(doc)
+        for c in spec["containers"]:
+            refs += [(doc["kind"], e["valueFrom"]["secretKeyRef"]["name"]) for e in c.get("env", [])
+                     if "secretKeyRef" in e.get("valueFrom", {})]
+        refs += [(doc["kind"], v["secret"]["secretName"]) for v in spec.get("volumes", []) if "secret" in v]
+    for auth in r.of_kind("TriggerAuthentication"):
+        refs += [("TriggerAuthentication", ref["name"]) for ref in auth["spec"].get("secretTargetRef", [])]
+    for sm in r.of_kind("ServiceMonitor"):
+        refs += [("ServiceMonitor", e["authorization"]["credentials"]["name"]) for e in sm["spec"]["endpoints"]
+                 if "authorization" in e]
+    assert refs
+    unresolved = [f"{kind}: {name}" for kind, name in refs if name not in known]
+    assert not unresolved, f"references to Secrets that nothing creates: {unresolved}"
     if overlay == "dev":
-        assert "qdrant-api-key" in r.one("Secret", "streamrec-secrets")["data"]
+        assert {"qdrant-api-key", "http-token"} <= set(r.one("Secret", "streamrec-secrets")["data"])
 
 
 # --- topics, partitions, scaling --------------------------------------------------------------------
@@ -336,7 +372,15 @@ def test_worker_replicas_are_bounded_by_the_events_partitions(rendered, overlay)
     [kafka] = r.of_kind("Kafka")
     host, port = data["STREAMREC_KAFKA_BOOTSTRAP_SERVERS"].split(":")
     assert host == f"{kafka['metadata']['name']}-kafka-bootstrap"
-    assert int(port) in {x["port"] for x in kafka["spec"]["kafka"]["listeners"]}
+    [listener] = [x for x in kafka["spec"]["kafka"]["listeners"] if x["port"] == int(port)]
+    # The client settings match what the listener speaks.
+    protocol = data["STREAMREC_KAFKA_SECURITY_PROTOCOL"]
+    assert protocol.endswith("SSL") == listener["tls"]
+    assert protocol.startswith("SASL") == (listener.get("authentication", {}).get("type", "").startswith("scram"))
+    if protocol.startswith("SASL"):
+        assert data["STREAMREC_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert data["STREAMREC_KAFKA_SASL_USERNAME"] in {u["metadata"]["name"] for u in r.of_kind("KafkaUser")}
+    assert trigger["metadata"].get("tls", "disable") == ("enable" if listener["tls"] else "disable")
 
 
 # --- workloads ---------------------------------------------------------------------------------------

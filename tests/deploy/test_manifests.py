@@ -302,6 +302,8 @@ def test_every_setting_is_in_the_configmap_or_a_secret(rendered, overlay, monkey
         monkeypatch.delenv(var, raising=False)
     for var, value in data.items():
         monkeypatch.setenv(var, value)
+    for var in secrets:  # what the Secrets provide at run time
+        monkeypatch.setenv(var, "from-a-secret")
     for _, model in COMPONENTS:
         model()
 

@@ -1,0 +1,187 @@
+"""Soak: the whole pipeline at a steady rate for a long time; is anything drifting?
+
+Starts a Tansu broker and one worker (embedded store, the shipped encoder), replays the Online
+Retail catalog, then publishes purchase events at a fixed rate for `--minutes`, cycling through
+the real log with fresh event ids and timestamps moved forward each round (so profiles keep
+changing and nothing is a duplicate). Every `--every` seconds it samples throughput, freshness
+(event published → its recommendation received) and the worker's RSS. It writes a CSV and a PNG
+plot and prints a table comparing the first and last fifth of the run (the baseline is the run's
+own beginning: flat memory and stable freshness mean the last fifth matches the first).
+
+    python bench/soak.py --minutes 30 --rate 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from inference.recommender import encoder_dir
+from inference.schemas import Event
+from inference.settings import InferenceSettings
+from stream.broker import LocalBroker, free_port
+from stream.demo import RecommendationLog
+from stream.replay import Paced, producer, publish, retail_events, retail_items
+from stream.settings import StreamSettings
+from stream.worker_process import WorkerProcess
+from training.datasets import default_online_retail_path, load_online_retail, sample_customers
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def endless(events: list[Event], span_s: float):
+    """The log again and again, each round later in time and with new event ids."""
+    round_ = 0
+    while True:
+        shift = round_ * span_s
+        for e in events:
+            yield e.model_copy(update={
+                "event_id": f"{e.event_id}#r{round_}",
+                "ts": datetime.fromtimestamp(e.ts.timestamp() + shift, tz=timezone.utc),
+            })
+        round_ += 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--rate", type=float, default=200.0, help="events per second")
+    p.add_argument("--customers", type=int, default=300)
+    p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--out", type=Path, default=Path("bench/results") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    onnx_dir = encoder_dir(InferenceSettings())
+    log = sample_customers(load_online_retail(default_online_retail_path()), args.customers, seed=0)
+    items, events = list(retail_items(log)), list(retail_events(log))
+    span = events[-1].ts.timestamp() - events[0].ts.timestamp() + 86_400
+    print(f"soak: {args.minutes} min at {args.rate:.0f} events/s; {len(items)} items, {len(events)} events per round; "
+          f"load average {os.getloadavg()}", flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="streamrec-soak-") as tmp, LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
+        settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
+        broker.create_topics([settings.topic(t) for t in ("events", "items", "intents", "requests", "recommendations",
+                                                          "deadletter")], partitions=settings.topic_partitions)
+        env = {"STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
+               "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir)}
+        with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
+            kafka = producer(broker.bootstrap)
+            publish(kafka, settings.topic("items"), items, label="catalog", progress=False)
+            worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 600, "the catalog")
+            recs = RecommendationLog(broker.bootstrap, settings.topic("recommendations"))
+            sent: dict[str, float] = {}
+            stop = threading.Event()
+
+            def produce() -> None:
+                pace = Paced(args.rate)
+                for event in endless(events, span):
+                    if stop.is_set():
+                        break
+                    pace.wait()
+                    kafka.send(settings.topic("events"), key=event.user_id.encode(), value=event.to_bytes())
+                    sent[event.event_id] = time.time()
+
+            thread = threading.Thread(target=produce, daemon=True)
+            start = time.time()
+            thread.start()
+            seen_recs, seen_sent = 0, 0
+            while time.time() - start < args.minutes * 60:
+                time.sleep(args.every)
+                now = time.time()
+                window = [(i, t) for i, t in list(recs.received.items())[seen_recs:]]
+                seen_recs += len(window)
+                latencies = [t - sent[i] for i, t in window if i in sent]
+                n_sent = len(sent)
+                stats = worker.stats()
+                row = {
+                    "t_s": round(now - start, 1),
+                    "sent_per_s": round((n_sent - seen_sent) / args.every, 1),
+                    "processed": sum(v for k, v in stats["processed"].items() if k.startswith("event.")),
+                    "recs_per_s": round(len(window) / args.every, 1),
+                    "freshness_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
+                    "freshness_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None,
+                    "worker_rss_mb": round(rss_mb(worker.proc.pid), 1),
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                }
+                seen_sent = n_sent
+                rows.append(row)
+                print(row, flush=True)
+            stop.set()
+            thread.join(timeout=10)
+            kafka.flush()
+            kafka.close()
+            recs.close()
+
+    with open(args.out / "soak.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / "soak.png", args.rate)
+    summarise(rows, args)
+
+
+def _fifth(rows: list[dict], last: bool) -> list[dict]:
+    n = max(len(rows) // 5, 1)
+    return rows[-n:] if last else rows[:n]
+
+
+def summarise(rows: list[dict], args) -> None:
+    def med(part, key):
+        values = [r[key] for r in part if r[key] is not None]
+        return float(np.median(values)) if values else float("nan")
+
+    first, last = _fifth(rows, False), _fifth(rows, True)
+    print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s ({time.strftime('%Y-%m-%d %H:%M')}) ==")
+    print(f"{'metric (median of samples)':<34}{'first fifth':>14}{'last fifth':>14}{'last/first':>12}")
+    for key in ("sent_per_s", "recs_per_s", "freshness_p50_ms", "freshness_p99_ms", "worker_rss_mb", "loadavg_1m"):
+        a, b = med(first, key), med(last, key)
+        print(f"{key:<34}{a:>14.1f}{b:>14.1f}{(b / a if a else float('nan')):>12.2f}")
+    rss = np.array([r["worker_rss_mb"] for r in rows])
+    t = np.array([r["t_s"] for r in rows]) / 3600
+    slope = float(np.polyfit(t, rss, 1)[0]) if len(rows) > 2 else float("nan")
+    print(f"worker RSS trend over the run: {slope:+.1f} MB/hour; csv and plot in {args.out}")
+
+
+def plot(rows: list[dict], path: Path, rate: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t_s"] / 60 for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    axes[0].plot(t, [r["sent_per_s"] for r in rows], label="published")
+    axes[0].plot(t, [r["recs_per_s"] for r in rows], label="recommendations")
+    axes[0].axhline(rate, color="grey", linestyle=":", label="target rate")
+    axes[0].set_ylabel("per second")
+    axes[0].legend()
+    axes[1].plot(t, [r["freshness_p50_ms"] for r in rows], label="p50")
+    axes[1].plot(t, [r["freshness_p99_ms"] for r in rows], label="p99")
+    axes[1].set_ylabel("freshness, ms")
+    axes[1].set_yscale("log")
+    axes[1].legend()
+    axes[2].plot(t, [r["worker_rss_mb"] for r in rows])
+    axes[2].set_ylabel("worker RSS, MB")
+    axes[2].set_xlabel("minutes")
+    fig.suptitle(f"streamrec soak at {rate:g} events/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

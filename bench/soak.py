@@ -75,8 +75,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamrec-soak-") as tmp, LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
         settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
-        broker.create_topics([settings.topic(t) for t in ("events", "items", "intents", "requests", "recommendations",
-                                                          "deadletter")], partitions=settings.topic_partitions)
+        broker.create_topics(settings.topics(), partitions=settings.topic_partitions)
         env = {"STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
                "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir)}
         with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:

@@ -9,9 +9,12 @@ writes. The point's vector is the user's long-term interest, usable for user-use
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -43,7 +46,14 @@ def _interest_from_json(data: list | None) -> Interest | None:
     return Interest(_vector_from_b64(total), float(mass), float(updated))
 
 
-def profile_to_point(profile: Profile, dim: int) -> Point:
+def pseudonymiser(key: bytes | None) -> Callable[[str], str]:
+    """The id profiles are stored under: the user id itself, or its keyed hash when a key is set."""
+    if key is None:
+        return lambda user_id: user_id
+    return lambda user_id: "u_" + hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -> Point:
     """The profile as one point: its vector is the long-term interest, its state one JSON string.
 
     One opaque string instead of nested payload fields: the store converts a payload key by key,
@@ -67,8 +77,9 @@ def profile_to_point(profile: Profile, dim: int) -> Point:
         "events": profile.events,
         "stated_interest": profile.stated_interest,
     }
-    payload = {"user_id": profile.user_id, "state": json.dumps(state, separators=(",", ":"))}
-    return Point(id=profile.user_id, vector=direction, payload=payload)
+    stored_id = stored_id or profile.user_id
+    payload = {"user_id": stored_id, "state": json.dumps(state, separators=(",", ":"))}
+    return Point(id=stored_id, vector=direction, payload=payload)
 
 
 def profile_from_point(point: Point) -> Profile:
@@ -91,10 +102,16 @@ def profile_from_point(point: Point) -> Profile:
 
 
 class ProfileRepository:
-    """Loads and saves profiles in batches; the cache makes a user's next event a memory hit."""
+    """Loads and saves profiles in batches; the cache makes a user's next event a memory hit.
 
-    def __init__(self, store: VectorStore, dim: int, *, collection: str = USERS, capacity: int = 100_000):
+    Callers use the shop's user ids; what is stored is keyed by `stored_id(user_id)` (a keyed hash
+    when pseudonymisation is on), so the store never holds the raw id.
+    """
+
+    def __init__(self, store: VectorStore, dim: int, *, collection: str = USERS, capacity: int = 100_000,
+                 stored_id: Callable[[str], str] = pseudonymiser(None)):
         self._store, self._dim, self._collection, self._capacity = store, dim, collection, capacity
+        self._stored_id = stored_id
         self._cache: OrderedDict[str, Profile] = OrderedDict()
 
     def _remember(self, profile: Profile) -> None:
@@ -107,11 +124,12 @@ class ProfileRepository:
         """Every requested user, new users as empty profiles."""
         wanted = list(dict.fromkeys(user_ids))
         found = {u: self._cache[u] for u in wanted if u in self._cache}
-        missing = [u for u in wanted if u not in found]
+        missing = {self._stored_id(u): u for u in wanted if u not in found}
         if missing:
-            for point in self._store.retrieve(self._collection, missing):
-                found[point.id] = profile_from_point(point)
-                self._remember(found[point.id])
+            for point in self._store.retrieve(self._collection, list(missing)):
+                user_id = missing[point.id]
+                found[user_id] = replace(profile_from_point(point), user_id=user_id)
+                self._remember(found[user_id])
         return {u: found.get(u) or Profile(user_id=u) for u in wanted}
 
     def get(self, user_id: str) -> Profile:
@@ -121,13 +139,17 @@ class ProfileRepository:
         """One store call; the cache is updated only after the write succeeded."""
         if not profiles:
             return
-        self._store.upsert(self._collection, [profile_to_point(p, self._dim) for p in profiles])
+        self._store.upsert(self._collection, [profile_to_point(p, self._dim, self._stored_id(p.user_id)) for p in profiles])
         for p in profiles:
             self._remember(p)
 
-    def delete(self, user_id: str) -> None:
-        self._store.delete(self._collection, [user_id])
+    def delete(self, user_id: str) -> bool:
+        """Erase a user's profile from the store and the cache; True if there was one."""
+        stored = self._stored_id(user_id)
+        existed = bool(self._store.retrieve(self._collection, [stored])) or user_id in self._cache
+        self._store.delete(self._collection, [stored])
         self._cache.pop(user_id, None)
+        return existed
 
     def invalidate(self) -> None:
         """Drop the cache (e.g. after a store error, so the next read sees what is durable)."""

@@ -28,7 +28,7 @@ from inference.catalog import (
     text_hash,
 )
 from inference.encoder import TextEncoder
-from inference.profile_store import USERS, ProfileRepository
+from inference.profile_store import USERS, ProfileRepository, pseudonymiser
 from inference.profiles import (
     EVENT_WEIGHTS,
     Profile,
@@ -40,6 +40,8 @@ from inference.profiles import (
 )
 from inference.ranking import Candidate, Evidence, Weights, rank
 from inference.schemas import (
+    Erasure,
+    ErasureConfirmed,
     Event,
     EventType,
     Intent,
@@ -77,7 +79,11 @@ class Recommender:
         store.ensure_collection(
             ITEMS, self.dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",)
         )
-        self.profiles = ProfileRepository(store, self.dim, capacity=settings.profile_cache_size)
+        key = settings.pseudonymisation_key
+        self.profiles = ProfileRepository(
+            store, self.dim, capacity=settings.profile_cache_size,
+            stored_id=pseudonymiser(key.get_secret_value().encode() if key else None),
+        )
         store.ensure_collection(USERS, self.dim)
         self.items = ItemCache(store)
         self.popularity = Popularity(settings.popularity_half_life_days * 86_400)
@@ -239,6 +245,17 @@ class Recommender:
 
     def profile(self, user_id: str) -> Profile:
         return self.profiles.get(user_id)
+
+    def erase_users(self, erasures: Sequence[Erasure]) -> list[ErasureConfirmed]:
+        """Forget users: their profile (vectors, history, aggregates, event ids) leaves the store
+        and the cache. Popularity counts are anonymous aggregates and stay."""
+        confirmations = []
+        for erasure in erasures:
+            erased = ["profile"] if self.profiles.delete(erasure.user_id) else []
+            confirmations.append(ErasureConfirmed(erasure_id=erasure.erasure_id, user_id=erasure.user_id,
+                                                  erased=erased, at=utcnow()))
+        self.store.flush()
+        return confirmations
 
     # ---- retrieval and ranking -------------------------------------------------------------------
     def _store_filter(self, profile: Profile, filters: RequestFilters | None) -> Filter:

@@ -157,6 +157,23 @@ class DeadLetter(Message):
         return None if raw is None else base64.b64encode(raw).decode("ascii")
 
 
+class Erasure(Message):
+    """A request to forget a user, on `streamrec.erasures`, keyed by user id."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    erasure_id: str = Id
+    user_id: str = Id
+
+
+class ErasureConfirmed(Message):
+    """Published on `streamrec.erasures-confirmed` once a user's state is gone from every store."""
+
+    erasure_id: str
+    user_id: str
+    erased: list[str]  # what held state for the user and was cleared, e.g. ["profile"]
+    at: AwareDatetime
+
+
 class ModelUpdate(Message):
     """Announces a new encoder version on `streamrec.model-updates` (issue: training rollout)."""
 
@@ -177,6 +194,8 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     "requests": Request,
     "recommendations": Recommendation,
     "deadletter": DeadLetter,
+    "erasures": Erasure,
+    "erasures-confirmed": ErasureConfirmed,
     "model-updates": ModelUpdate,
 }
 """Topic suffix (after the prefix) → the model its values must satisfy."""

@@ -18,7 +18,7 @@ from typing import Any
 from faust.web import Request as WebRequest, Response, View
 
 from inference.recommender import Recommender
-from inference.schemas import DeadLetter, Event, Intent, Item, Message, Request, RequestFilters, utcnow
+from inference.schemas import DeadLetter, Erasure, Event, Intent, Item, Message, Request, RequestFilters, utcnow
 from inference.store import StoreError
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
@@ -68,6 +68,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     events_topic, items_topic = raw_topic("events"), raw_topic("items")
     intents_topic, requests_topic = raw_topic("intents"), raw_topic("requests")
     recommendations_topic, deadletter_topic = raw_topic("recommendations"), raw_topic("deadletter")
+    erasures_topic, erasures_confirmed_topic = raw_topic("erasures"), raw_topic("erasures-confirmed")
 
     async def in_executor(fn: Callable, *args: Any):
         """Run recommender work on its single thread; retry store outages without dropping input."""
@@ -200,6 +201,15 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         await publish(await process(accepted, answer_requests))
         state.processed["request"] += len(accepted)
 
+    async def handle_erasures(accepted) -> None:
+        confirmations = await process(accepted, recommender.erase_users)
+        # Confirmed only once the store's delete returned and was flushed.
+        await asyncio.gather(*[
+            await erasures_confirmed_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in confirmations
+        ])
+        state.processed["erasure"] += len(accepted)
+
+    app.agent(erasures_topic, name="streamrec.on_erasures")(batches("erasures", Erasure, handle_erasures))
     app.agent(items_topic, name="streamrec.on_items")(batches("items", Item, handle_items))
     app.agent(events_topic, name="streamrec.on_events")(batches("events", Event, handle_events))
     app.agent(intents_topic, name="streamrec.on_intents")(batches("intents", Intent, handle_intents))

@@ -24,6 +24,8 @@ def _worker(args: argparse.Namespace) -> int:
     from stream.settings import StreamSettings
 
     stream_settings, inference_settings = StreamSettings(), InferenceSettings()
+    # Faust runs in the data directory; with a Qdrant server nothing else would create it.
+    inference_settings.data_dir.mkdir(parents=True, exist_ok=True)
     recommender = open_recommender(inference_settings)
     app = build_app(stream_settings, recommender)
     logging.getLogger("streamrec").info(
@@ -111,6 +113,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(customers=args.customers, rate=args.rate, shown=args.show, seed=args.seed)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    # bench/ sits beside the packages in the repository (it is not installed): run it from there.
+    import runpy
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    sys.argv = [f"bench/{args.program}.py", *args.args]
+    runpy.run_module(f"bench.{args.program}", run_name="__main__", alter_sys=True)
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> int:
     from stream.settings_doc import settings_markdown, with_settings_block
 
@@ -165,6 +179,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("settings", help="print every setting with its environment variable and default")
     s.add_argument("--readme", type=Path, default=None, help="rewrite the settings block of this README instead")
     s.set_defaults(func=_settings)
+
+    bn = sub.add_parser("bench", help="run a benchmark program from bench/ (prints tables; see bench/README.md)")
+    bn.add_argument("program", choices=["pipeline", "encoder", "retrieval", "memory"])
+    bn.add_argument("args", nargs=argparse.REMAINDER, help="the program's own options (e.g. --sizes 10000)")
+    bn.set_defaults(func=_bench)
     return p
 
 

@@ -80,8 +80,7 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
     with tempfile.TemporaryDirectory(prefix="streamrec-demo-") as tmp, LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
         settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
         broker.create_topics(
-            [settings.topic(t) for t in ("events", "items", "intents", "requests", "recommendations", "deadletter")],
-            partitions=settings.topic_partitions,
+            settings.topics(), partitions=settings.topic_partitions,
         )
         print(f"• broker (Tansu) on {broker.bootstrap}; starting the worker…", flush=True)
         env = {

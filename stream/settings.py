@@ -12,6 +12,11 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+TOPICS = ("events", "items", "intents", "requests", "erasures",
+          "recommendations", "deadletter", "erasures-confirmed")
+"""Suffixes of the topics a worker reads or writes (the prefix is a setting)."""
+
+
 class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
 
@@ -79,3 +84,6 @@ class StreamSettings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def topics(self) -> list[str]:
+        return [self.topic(name) for name in TOPICS]

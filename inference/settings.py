@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class InferenceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Field(
         default=Path(".streamrec"),

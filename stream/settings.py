@@ -18,7 +18,7 @@ TOPICS = ("events", "items", "intents", "requests", "erasures",
 
 
 class StreamSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", env_ignore_empty=True)
 
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers (host:port)."

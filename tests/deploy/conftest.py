@@ -52,7 +52,9 @@ def render(tools: DeployTools, overlay: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def rendered(deploy_tools, tmp_path_factory) -> dict[str, Rendered]:
     out = tmp_path_factory.mktemp("rendered")
-    return {
+    found = {
         name: Rendered(name, render(deploy_tools, K8S / "overlays" / name, out / f"{name}.yaml"))
         for name in OVERLAYS
     }
+    found["base"] = Rendered("base", render(deploy_tools, K8S / "base", out / "base.yaml"))
+    return found

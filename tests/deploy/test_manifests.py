@@ -21,8 +21,9 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
+import stream.settings
 from stream.settings_doc import COMPONENTS
-from tests.deploy.conftest import K8S, OVERLAYS, Rendered, render
+from tests.deploy.conftest import K8S, OVERLAYS, Rendered
 
 pytestmark = pytest.mark.deploy
 
@@ -38,13 +39,18 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
-TOPICS = ("events", "items", "intents", "requests", "recommendations", "deadletter", "segments",
-          "model-updates", "erasures")
+# The topics the worker reads or writes (it cannot create them: auto-creation is off), and those
+# of the segmentation and training components.
+TOPICS = tuple(dict.fromkeys((
+    *getattr(stream.settings, "TOPICS", ()),
+    "events", "items", "intents", "requests", "recommendations", "deadletter", "segments", "model-updates",
+    "erasures",
+)))
 # Keyed by user id: must be co-partitioned with events (same count), so one worker owns a user.
-USER_KEYED = ("events", "intents", "requests", "recommendations", "segments", "erasures")
+USER_KEYED = tuple(t for t in TOPICS if t not in ("items", "deadletter", "model-updates"))
 ENV_FILE = K8S / "base" / "config" / "streamrec.env"
 # Secrets the training job needs (it serves no HTTP, so no STREAMREC_HTTP_TOKEN).
-TRAIN_SECRETS = {"STREAMREC_QDRANT_API_KEY", "STREAMREC_KAFKA_SASL_PASSWORD"}
+TRAIN_SECRETS = {"STREAMREC_QDRANT_API_KEY", "STREAMREC_KAFKA_SASL_PASSWORD", "STREAMREC_PSEUDONYMISATION_KEY"}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "CronJob")
 
 
@@ -121,9 +127,9 @@ def topic(r: Rendered, name: str) -> dict:
 
 # --- rendering and schemas -----------------------------------------------------------------------
 
-def test_base_and_overlays_render(deploy_tools, rendered, tmp_path):
-    render(deploy_tools, K8S / "base", tmp_path / "base.yaml")
-    for r in rendered.values():
+def test_base_and_overlays_render(rendered):
+    assert rendered["base"].docs
+    for r in (rendered[name] for name in OVERLAYS):
         assert r.docs, f"{r.name} rendered nothing"
         names = Counter((d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in r.docs)
         assert not [n for n, c in names.items() if c > 1], f"{r.name}: duplicate resources"
@@ -338,7 +344,9 @@ def test_secret_references_resolve(rendered, overlay):
     unresolved = [f"{kind}: {name}" for kind, name in refs if name not in known]
     assert not unresolved, f"references to Secrets that nothing creates: {unresolved}"
     if overlay == "dev":
-        assert {"qdrant-api-key", "http-token"} <= set(r.one("Secret", "streamrec-secrets")["data"])
+        keys = {ref["key"] for doc in workloads(r) for c in pod_spec(doc)["containers"] for e in c.get("env", [])
+                if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and ref["name"] == "streamrec-secrets"}
+        assert keys and keys <= set(r.one("Secret", "streamrec-secrets")["data"])
 
 
 # --- topics, partitions, scaling --------------------------------------------------------------------
@@ -357,7 +365,7 @@ def test_every_topic_exists_and_user_keyed_topics_are_copartitioned(rendered, ov
     assert retention["recommendations"] < retention["events"] < retention["deadletter"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
 def test_worker_replicas_are_bounded_by_the_events_partitions(rendered, overlay):
     r = rendered[overlay]
     data = config_map(r)
@@ -495,7 +503,7 @@ def test_checkov_finds_nothing_that_is_not_accepted_with_a_reason(deploy_tools, 
     exceptions = load_exceptions()
     used = set()
     unaccepted = []
-    for r in rendered.values():
+    for r in (rendered[name] for name in OVERLAYS):
         done = subprocess.run(
             [str(deploy_tools.checkov), "--file", str(r.path), "--framework", "kubernetes", "--skip-download",
              "--output", "json", "--quiet"],

@@ -85,18 +85,18 @@ def ensure_deploy_tools(venv: Path | None = None) -> DeployTools:
 
 
 def versions(tools: DeployTools) -> dict[str, str]:
-    """Tool versions, for the test report."""
-    def first_line(*cmd: str | Path) -> str:
+    """Tool versions, for reports."""
+    def output(*cmd: str | Path) -> list[str]:
         done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-        return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
+        return (done.stdout + done.stderr).strip().splitlines() or ["?"]
 
+    kubectl = output(tools.kubectl, "version", "--client")
     return {
-        "kubectl": first_line(tools.kubectl, "version", "--client"),
-        "kustomize": subprocess.run([str(tools.kubectl), "version", "--client"], capture_output=True, text=True)
-        .stdout.strip().splitlines()[-1],
-        "kubernetes-validate": first_line(tools.bin("kubernetes-validate"), "--version"),
-        "checkov": first_line(tools.checkov, "--version"),
-        "hadolint": first_line(tools.hadolint, "--version"),
+        "kubectl": kubectl[0],
+        "kustomize": kubectl[-1],
+        "kubernetes-validate": output(tools.bin("kubernetes-validate"), "--version")[0],
+        "checkov": output(tools.checkov, "--version")[0],
+        "hadolint": output(tools.hadolint, "--version")[0],
     }
 
 

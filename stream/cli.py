@@ -125,6 +125,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate_cli import run_cli
+
+    return run_cli(args)
+
+
 def _settings(args: argparse.Namespace) -> int:
     from stream.settings_doc import settings_markdown, with_settings_block
 
@@ -170,11 +176,18 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_export)
 
     d = sub.add_parser("demo", help="broker + worker + a replay of real data, then print what it recommends")
-    d.add_argument("--customers", type=int, default=300, help="Online Retail customers to replay")
-    d.add_argument("--rate", type=float, default=500.0, help="events/s in the freshness phase")
+    d.add_argument("--customers", type=int, default=200, help="Online Retail customers to replay")
+    d.add_argument("--rate", type=float, default=0.0,
+                   help="events/s in the freshness phase (0: half the throughput measured just before)")
     d.add_argument("--show", type=int, default=3, help="customers to print")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    from training.evaluate_cli import add_evaluate_arguments
+
+    ev = sub.add_parser("evaluate", help="offline protocol: streamrec vs popularity, co-occurrence, RecBole SASRec")
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=_evaluate)
 
     s = sub.add_parser("settings", help="print every setting with its environment variable and default")
     s.add_argument("--readme", type=Path, default=None, help="rewrite the settings block of this README instead")

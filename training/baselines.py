@@ -6,6 +6,8 @@ all items for a chunk of users, as the learned systems do.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -41,6 +43,36 @@ class Popularity:
         return self.counts.expand(len(users), -1)
 
 
+def cooccurrence_counts(
+    split: ProtocolSplit, window: int, drop: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed co-occurrence counts (rows, cols, values) over the training units: (i, j) counts
+    when j is in the same unit as i (baskets) or in one of the ``window`` units after it,
+    weighted 1 / distance in units."""
+    n = split.n_items
+    keys, weights = [], []
+    for units in training_units(split, drop):
+        arrays = [np.asarray(unit, dtype=np.int64) for unit in units]
+        for a, left in enumerate(arrays):
+            if split.unit == "basket" and len(left) > 1:
+                i, j = np.meshgrid(left, left, indexing="ij")
+                off = i != j
+                keys.append(i[off] * n + j[off])
+                weights.append(np.ones(int(off.sum())))
+            for d in range(1, window + 1):
+                if a + d >= len(arrays):
+                    break
+                i, j = np.meshgrid(left, arrays[a + d], indexing="ij")
+                off = i != j
+                keys.append(i[off] * n + j[off])
+                weights.append(np.full(int(off.sum()), 1.0 / d))
+    if not keys:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    return key // n, key % n, np.bincount(inverse, weights=np.concatenate(weights))
+
+
 class CoOccurrence:
     """Item-to-item co-occurrence: P(j | i) from training units, summed over a user's recent items.
 
@@ -62,34 +94,19 @@ class CoOccurrence:
 
     def fit(self, split: ProtocolSplit, drop: np.ndarray | None = None) -> "CoOccurrence":
         n = split.n_items
-        keys, weights = [], []
-        for units in training_units(split, drop):
-            arrays = [np.asarray(unit, dtype=np.int64) for unit in units]
-            for a, left in enumerate(arrays):
-                if split.unit == "basket" and len(left) > 1:
-                    i, j = np.meshgrid(left, left, indexing="ij")
-                    off = i != j
-                    keys.append(i[off] * n + j[off])
-                    weights.append(np.ones(int(off.sum())))
-                for d in range(1, self.window + 1):
-                    if a + d >= len(arrays):
-                        break
-                    i, j = np.meshgrid(left, arrays[a + d], indexing="ij")
-                    off = i != j
-                    keys.append(i[off] * n + j[off])
-                    weights.append(np.full(int(off.sum()), 1.0 / d))
-        if keys:
-            key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-            value = np.bincount(inverse, weights=np.concatenate(weights))
-        else:
-            key, value = np.zeros(0, dtype=np.int64), np.zeros(0)
-        rows, cols = key // n, key % n
+        rows, cols, value = cooccurrence_counts(split, self.window, drop)
         row_sum = np.bincount(rows, weights=value, minlength=n)
         value = value / row_sum[rows]
         # Stored transposed, so scoring is one CSR x dense product: (C^T W^T)^T = W C.
-        self.matrix_t = torch.sparse_coo_tensor(
-            np.stack([cols, rows]), value.astype(np.float32), (n, n)
-        ).coalesce().to_sparse_csr()
+        coo = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([cols, rows])),
+            torch.from_numpy(value.astype(np.float32)),
+            (n, n),
+            check_invariants=False,
+        ).coalesce()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.matrix_t = coo.to_sparse_csr()
         counts = item_counts(split, drop)
         self.prior = torch.from_numpy(1e-6 * counts / max(counts.max(), 1.0)).to(torch.float32)
         return self

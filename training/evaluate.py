@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,12 +37,15 @@ from tqdm.auto import tqdm
 
 from training.baselines import CoOccurrence, Popularity
 from training.datasets import load_online_retail, load_sequences
+from training.fit import FitConfig, FitResult, fit, score_users
 from training.metrics import rank_items, summarize
+from training.model import TowerConfig, TwoTower
 from training.split import (
     EvalCases,
     Phase,
     ProtocolSplit,
     eval_cases,
+    held_out_items,
     sample_users,
     split_retail,
     split_sequences,
@@ -53,6 +57,7 @@ BASELINES: tuple[str, ...] = ("popularity", "cooccurrence", "sasrec")
 K = 10
 
 ScoreFn = Callable[[np.ndarray, Phase], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def load_split(fmt: Format, path: Path | str, *, max_users: int = 0, seed: int = 0) -> ProtocolSplit:
@@ -160,30 +165,251 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_protocol(
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What :func:`evaluate_split` runs. ``epochs``: streamrec's maximum (early stopping picks the
+    epoch); ``peer_epochs``: RecBole SASRec's maximum (bounded: an epoch is slow on CPU)."""
+
+    baselines: tuple[str, ...] = BASELINES
+    exclude_seen: bool = True
+    epochs: int | None = None
+    time_budget_s: float | None = None
+    peer_epochs: int = 5
+    peer_timeout_s: float | None = None
+    cold_start: bool = True
+    cold_fraction: float = 0.1
+    data_dir: Path | None = None
+    progress: bool = True
+    seed: int = 0
+
+
+def _data_dir(options: EvaluateOptions) -> Path:
+    if options.data_dir is not None:
+        return Path(options.data_dir)
+    from inference.settings import InferenceSettings
+
+    return InferenceSettings().data_dir
+
+
+def streamrec_config(split: ProtocolSplit, options: EvaluateOptions, *, cold: bool = False) -> FitConfig:
+    """streamrec's settings for a catalog: SASRec-sized for item sequences; for baskets a longer
+    window with unit recency, and id dropout where there is text (so text alone places items)."""
+    has_text = split.item_text is not None
+    if split.unit == "item":
+        tower = TowerConfig(
+            dim=64, layers=2, heads=2, max_len=50, dropout=0.2, id_dropout=0.3 if cold else 0.0,
+            last_item_skip=True,
+        )
+        base = FitConfig(tower=tower, lr=1e-3, batch_size=128, patience=3, warm_start_window=3)
+    else:
+        tower = TowerConfig(
+            dim=64, layers=2, heads=2, max_len=100, dropout=0.2,
+            id_dropout=0.5 if has_text else 0.0, unit_recency=True,
+        )
+        base = FitConfig(tower=tower, lr=1e-3, batch_size=64, patience=4, warm_start_window=1)
+    return replace(
+        base,
+        epochs=options.epochs or base.epochs,
+        exclude_seen=options.exclude_seen,
+        time_budget_s=options.time_budget_s,
+        seed=options.seed,
+        progress=options.progress,
+    )
+
+
+def _cpu_seconds() -> float:
+    return time.process_time()
+
+
+def run_streamrec(
     split: ProtocolSplit,
-    *,
-    baselines: Sequence[str] = BASELINES,
-    exclude_seen: bool = True,
-    systems_extra: dict[str, Callable[[ProtocolSplit, EvalCases], SystemResult]] | None = None,
-) -> dict[str, Any]:
-    """Run the selected baselines (and any extra systems) on ``split``; the JSON-ready result."""
-    unknown = [b for b in baselines if b not in BASELINES]
+    cases: EvalCases,
+    options: EvaluateOptions,
+    text: np.ndarray | None,
+) -> tuple[SystemResult, FitResult]:
+    config = streamrec_config(split, options)
+    cpu = _cpu_seconds()
+    result = fit(split, config, text=text)
+    train_cpu = _cpu_seconds() - cpu
+    model = result.model
+    with torch.no_grad():
+        item_vectors = model.items()
+    ranking = rank_cases(
+        lambda users, phase: score_users(model, split, users, phase, item_vectors), cases, desc="streamrec"
+    )
+    extra = {
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "train_cpu_s": round(train_cpu, 1),
+        "validation_ndcg@10": round(result.best_validation["ndcg@10"], 6),
+        "config": config.tower.as_dict() | {"lr": config.lr, "batch_size": config.batch_size},
+    }
+    return SystemResult(ranking.metrics(split.n_items), result.train_s, ranking.seconds, extra), result
+
+
+def run_sasrec_peer(split: ProtocolSplit, cases: EvalCases, options: EvaluateOptions) -> SystemResult:
+    """RecBole SASRec in its own venv; raises PeerUnavailable with the reason when it cannot run."""
+    from training.peer import PeerSettings, run_peer
+
+    data_dir = _data_dir(options)
+    settings = PeerSettings(epochs=options.peer_epochs, timeout_s=options.peer_timeout_s, seed=2020 + options.seed)
+    start = time.perf_counter()
+    run = run_peer(split, cases, data_dir / "peer-runs", settings, venv=data_dir / "peer-venv", progress=options.progress)
+    total = time.perf_counter() - start
+    metrics = summarize(run.ranks, run.top, split.n_items)
+    info = run.info
+    extra = {
+        "epochs": info["epochs"],
+        "best_epoch": info["best_epoch"],
+        "max_epochs": options.peer_epochs,
+        "total_s": round(total, 1),
+        "note": (
+            f"RecBole {info['recbole']} SASRec (CE), own venv (numpy {info['numpy']}, torch {info['torch']}); "
+            "trained on the same split, ranked by our code with the same exclusion; "
+            "RecBole itself masks no history for sequential models"
+        ),
+        "training_rows": info["rows"]["train"],
+    }
+    return SystemResult(metrics, info["train_s"], info["eval_s"], extra)
+
+
+def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOptions()) -> dict[str, Any]:
+    """The whole protocol on ``split``: baselines, the peer, streamrec, cold start (where the
+    catalog has item text). Returns the JSON-ready result."""
+    unknown = [b for b in options.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose among {list(BASELINES)}")
-    cases = eval_cases(split, "test", exclude_seen=exclude_seen)
+    cases = eval_cases(split, "test", exclude_seen=options.exclude_seen)
+    if len(cases) == 0:
+        raise ValueError("no test case left: every user's test unit was already seen")
     results: dict[str, dict[str, Any]] = {}
-    for name in baselines:
+    for name in options.baselines:
         if name == "popularity":
             results[name] = evaluate_baseline(Popularity(), split, cases).as_json()
         elif name == "cooccurrence":
             results[name] = evaluate_baseline(CoOccurrence(**_cooc_settings(split)), split, cases).as_json()
-    for name, runner in (systems_extra or {}).items():
-        results[name] = runner(split, cases).as_json()
-    return {
+    text = None
+    encoder = None
+    if split.item_text is not None:
+        from training.text import encode_texts, open_encoder
+
+        encoder = open_encoder(threads=torch.get_num_threads())
+        text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles")
+    streamrec, fitted = run_streamrec(split, cases, options, text)
+    results["streamrec"] = streamrec.as_json()
+    if "sasrec" in options.baselines:
+        from training.peer import PeerUnavailable
+
+        try:
+            results["sasrec"] = run_sasrec_peer(split, cases, options).as_json()
+        except PeerUnavailable as exc:
+            log.warning("RecBole SASRec peer not run: %s", exc)
+            results["sasrec"] = {"error": str(exc)}
+    out: dict[str, Any] = {
         "dataset": split.describe(),
-        "protocol": protocol_description(split, exclude_seen, cases),
+        "protocol": protocol_description(split, options.exclude_seen, cases),
         "results": results,
+    }
+    if options.cold_start and text is not None and encoder is not None:
+        out["cold_start"] = {
+            "new_items": cold_items(split, options, text, results["streamrec"]),
+            "text_only_users": text_only_users(split, fitted.model, encoder, text, options),
+        }
+    return out
+
+
+def cold_items(
+    split: ProtocolSplit, options: EvaluateOptions, text: np.ndarray, warm: dict[str, Any]
+) -> dict[str, Any]:
+    """New items (module docstring): a model trained without a held-out slice of the catalog."""
+    drop = held_out_items(split, options.cold_fraction)
+    cold_cases = eval_cases(split, "test", exclude_seen=options.exclude_seen, only_items=drop)
+    warm_cases = eval_cases(split, "test", exclude_seen=options.exclude_seen, only_items=~drop)
+    config = streamrec_config(split, options, cold=True)
+    result = fit(split, config, text=text, drop=drop)
+    model = result.model
+    with torch.no_grad():
+        item_vectors = model.items()
+
+    def score(users: np.ndarray, phase: Phase) -> torch.Tensor:
+        return score_users(model, split, users, phase, item_vectors)
+
+    popularity = Popularity().fit(split, drop)
+    cold = rank_cases(score, cold_cases, desc="cold items")
+    same_model_warm = rank_cases(score, warm_cases, desc="warm items")
+    pop = rank_cases(lambda u, p: popularity.scores(split, u, p), cold_cases)
+    results = {
+        "streamrec": SystemResult(cold.metrics(split.n_items), result.train_s, cold.seconds,
+                                  {"epochs": result.epochs, "best_epoch": result.best_epoch}).as_json(),
+        "popularity": SystemResult(pop.metrics(split.n_items), 0.0, pop.seconds).as_json(),
+        "streamrec_warm_targets": SystemResult(same_model_warm.metrics(split.n_items), result.train_s,
+                                               same_model_warm.seconds).as_json(),
+    }
+    return {
+        "protocol": (
+            f"{int(drop.sum())} items ({options.cold_fraction:.0%} of the catalog, chosen by a hash of the "
+            "item id) removed from all training data; cases: users whose test unit holds at least one of "
+            "them; targets: those items, ranked among all items; their vectors come from text alone. "
+            "streamrec_warm_targets: the same model on the other items of the test units."
+        ),
+        "held_out_items": int(drop.sum()),
+        "results": results,
+        "warm_hr@10": warm.get("hr@10"),
+        "cold_over_warm_hr@10": round(results["streamrec"]["hr@10"] / warm["hr@10"], 4) if warm.get("hr@10") else None,
+    }
+
+
+def first_basket_texts(split: ProtocolSplit, users: np.ndarray) -> list[str]:
+    """Each user's first unit as text: its items' titles, in order, joined by ", "."""
+    assert split.item_text is not None
+    return [", ".join(dict.fromkeys(split.item_text[i] for i in split.units[int(u)][0])) for u in users]
+
+
+def text_only_users(
+    split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray, options: EvaluateOptions
+) -> dict[str, Any]:
+    """Text-only users (module docstring): one text per user, its test unit ranked."""
+    from training.text import encode_texts
+
+    users = np.asarray([u for u in range(split.n_users) if len(split.units[u]) >= 3], dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    cases = EvalCases(
+        phase="test",
+        users=users,
+        exclude=[empty] * len(users),
+        targets=[np.unique(np.asarray(split.target(int(u), "test"), dtype=np.int64)) for u in users],
+        skipped=split.n_users - len(users),
+    )
+    user_text = encode_texts(encoder, first_basket_texts(split, users), None, desc="user texts")
+    row_of = {int(u): n for n, u in enumerate(users)}
+    with torch.no_grad():
+        item_vectors = model.items()
+        text_t = torch.from_numpy(user_text)
+        user_vectors = model.text_user_vectors(text_t, item_vectors)
+    item_text = torch.from_numpy(text)
+
+    def rows(u: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor([row_of[int(x)] for x in u])
+
+    popularity = Popularity().fit(split)
+    ranked = {
+        "streamrec": rank_cases(lambda u, p: user_vectors[rows(u)] @ item_vectors.T, cases),
+        "encoder_cosine": rank_cases(lambda u, p: text_t[rows(u)] @ item_text.T, cases),
+        "popularity": rank_cases(lambda u, p: popularity.scores(split, u, p), cases),
+    }
+    results = {name: SystemResult(r.metrics(split.n_items), 0.0, r.seconds).as_json() for name, r in ranked.items()}
+    pop_hr = results["popularity"]["hr@10"]
+    return {
+        "protocol": (
+            "users with >= 3 units, each represented only by the titles of the items of their first "
+            "basket joined by ', ' (no item ids, no other history, nothing excluded); their test unit "
+            "(all its items) is ranked among all items. streamrec: the user tower over the text's "
+            "projection as one pseudo-item; encoder_cosine: cosine of the raw text embedding with "
+            "item title embeddings; popularity: training counts."
+        ),
+        "results": results,
+        "streamrec_over_popularity_hr@10": round(results["streamrec"]["hr@10"] / pop_hr, 3) if pop_hr else None,
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,8 +27,9 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from training.baselines import cooccurrence_counts
 from training.metrics import rank_items, summarize
-from training.model import TowerConfig, TwoTower, windows
+from training.model import BEGIN, PAD, TowerConfig, TwoTower, windows
 from training.split import EvalCases, Phase, ProtocolSplit, eval_cases, without_items
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class FitConfig:
     # Drop already-bought items from basket targets when the protocol excludes them.
     novel_targets: bool = True
     val_users: int = 10_000
+    # Start the item id embeddings from a factorisation of the training co-occurrences (0: off).
+    warm_start_window: int = 0
     time_budget_s: float | None = None
     seed: int = 0
     progress: bool = True
@@ -72,6 +76,42 @@ class Example:
     targets: list[np.ndarray]
 
 
+def cooccurrence_embeddings(
+    split: ProtocolSplit, dim: int, window: int, drop: np.ndarray | None = None, seed: int = 0
+) -> torch.Tensor:
+    """Item vectors (n_items, dim) from a truncated SVD of the symmetric positive PMI of the
+    training co-occurrences, U sqrt(S), so dot products approximate the PMI (a logit scale);
+    items without co-occurrences get small random vectors.
+
+    A warm start for the id embeddings: the first epochs then refine item relations that the
+    counts already show instead of discovering them from random vectors.
+    """
+    n = split.n_items
+    rows, cols, values = cooccurrence_counts(split, window, drop)
+    if len(values) == 0:
+        return torch.zeros(n, dim)
+    rows, cols = np.concatenate([rows, cols]), np.concatenate([cols, rows])
+    values = np.concatenate([values, values])
+    row_sum = np.bincount(rows, weights=values, minlength=n)
+    total = values.sum()
+    pmi = np.log(values * total / (row_sum[rows] * row_sum[cols]))
+    keep = pmi > 0
+    matrix = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([rows[keep], cols[keep]])),
+        torch.from_numpy(pmi[keep].astype(np.float32)),
+        (n, n),
+        check_invariants=False,
+    ).coalesce()
+    torch.manual_seed(seed)
+    u, s, _ = torch.svd_lowrank(matrix, q=min(dim, n - 1), niter=4)
+    vectors = u * s.sqrt()
+    lonely = torch.from_numpy(np.bincount(rows[keep], minlength=n) == 0)
+    vectors[lonely] = torch.randn(int(lonely.sum()), vectors.shape[1]) * 0.02
+    if vectors.shape[1] < dim:
+        vectors = torch.cat([vectors, torch.zeros(n, dim - vectors.shape[1])], dim=1)
+    return vectors
+
+
 def training_examples(
     split: ProtocolSplit, config: FitConfig, drop: np.ndarray | None = None
 ) -> list[Example]:
@@ -83,7 +123,7 @@ def training_examples(
         if not units:
             continue
         if split.unit == "item":
-            seq = [-2] + [unit[0] for unit in units]
+            seq = [BEGIN] + [unit[0] for unit in units]
             inputs, targets = seq[:-1][-(max_len + 1) :], seq[1:][-(max_len + 1) :]
             examples.append(
                 Example(
@@ -128,7 +168,7 @@ def _batches(examples: list[Example], batch_size: int, rng: np.random.Generator)
 
 def _collate(batch: list[Example]) -> tuple[torch.Tensor, ...]:
     length = max(len(e.tokens) for e in batch)
-    tokens = torch.full((len(batch), length), -1, dtype=torch.int64)
+    tokens = torch.full((len(batch), length), PAD, dtype=torch.int64)
     ages = torch.zeros((len(batch), length), dtype=torch.int64)
     q_rows, q_pos, t_query, t_item, t_weight = [], [], [], [], []
     for b, e in enumerate(batch):
@@ -157,9 +197,13 @@ def batch_loss(model: TwoTower, batch: tuple[torch.Tensor, ...]) -> torch.Tensor
     tokens, ages, q_rows, q_pos, t_query, t_item, t_weight = batch
     item_vectors = model.items()
     hidden = model.encode(item_vectors, tokens, ages)
-    queries = hidden[q_rows, q_pos]
-    log_probs = F.log_softmax(queries @ item_vectors.T, dim=1)
-    return -(log_probs[t_query, t_item] * t_weight).sum() / len(q_rows)
+    logits = hidden[q_rows, q_pos] @ item_vectors.T
+    if len(t_query) == len(q_rows):  # one target per query: the fused, cheaper path
+        return F.cross_entropy(logits, t_item)
+    # Several targets (a basket): cross-entropy against the uniform distribution over them.
+    target = torch.zeros_like(logits)
+    target[t_query, t_item] = t_weight
+    return F.cross_entropy(logits, target)
 
 
 def score_users(
@@ -184,7 +228,8 @@ def evaluate_cases(
             top, rank = rank_items(scores, cases.exclude[lo : lo + batch_size], cases.targets[lo : lo + batch_size])
             tops.append(top)
             ranks += rank
-    return summarize(ranks, np.concatenate(tops), split.n_items)
+    top = np.concatenate(tops) if tops else np.zeros((0, 10), dtype=np.int64)
+    return summarize(ranks, top, split.n_items)
 
 
 def _subsample(cases: EvalCases, n: int, seed: int) -> EvalCases:
@@ -213,6 +258,11 @@ def fit(
     rng = np.random.default_rng(config.seed)
     start = time.perf_counter()
     model = TwoTower(split.n_items, config.tower, text, split.item_attributes, split.n_attributes)
+    if config.warm_start_window > 0:
+        with torch.no_grad():
+            model.items.ids.weight.copy_(
+                cooccurrence_embeddings(split, config.tower.dim, config.warm_start_window, drop, config.seed)
+            )
     if drop is not None:
         model.items.mask_ids(np.flatnonzero(drop))
     examples = training_examples(split, config, drop)
@@ -221,6 +271,8 @@ def fit(
     validation = _subsample(
         eval_cases(split, "validation", exclude_seen=config.exclude_seen), config.val_users, config.seed
     )
+    if len(validation) == 0:
+        log.warning("no validation case (every validation target already seen): keeping the last epoch")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     best_state, best, best_epoch, history = None, {"ndcg@10": -math.inf}, 0, []
@@ -237,19 +289,20 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
         metrics = evaluate_cases(model, split, validation)
         epoch_s = time.perf_counter() - epoch_start
         record = {"epoch": epoch, "loss": total / len(batches), "seconds": epoch_s, **metrics}
         history.append(record)
-        improved = metrics["ndcg@10"] > best["ndcg@10"]
+        improved = metrics["ndcg@10"] > best["ndcg@10"] or len(validation) == 0
         if improved:
             best, best_epoch = metrics, epoch
             best_state = copy.deepcopy(model.state_dict())
         if config.progress:
             tqdm.write(
                 f"epoch {epoch}: loss {record['loss']:.4f}  val HR@10 {metrics['hr@10']:.4f} "
-                f"NDCG@10 {metrics['ndcg@10']:.4f}  {epoch_s:.1f}s{'  *' if improved else ''}"
+                f"NDCG@10 {metrics['ndcg@10']:.4f}  {epoch_s:.1f}s{'  *' if improved else ''}",
+                file=sys.stderr,
             )
         if epoch - best_epoch >= config.patience:
             stopped = f"no validation gain for {config.patience} epochs"

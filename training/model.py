@@ -23,6 +23,8 @@ from torch import nn
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
 PURCHASE = EVENT_TYPES.index("purchase")
 MAX_UNIT_AGE = 15
+# Special tokens of a user window (item tokens are item indices >= 0).
+PAD, BEGIN, EXTERNAL = -1, -2, -3
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class TowerConfig:
     dropout: float = 0.3
     id_dropout: float = 0.0
     unit_recency: bool = False
+    # Add each position's own item vector to the user vector there: the model starts as a
+    # "next item like the last one" predictor (strong with warm-started item vectors) and the
+    # transformer learns the correction. The transformer's output starts small to match.
+    last_item_skip: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +134,8 @@ class UserTower(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(d)
+        if config.last_item_skip:
+            nn.init.constant_(self.output_norm.weight, 0.1)
 
     def forward(
         self,
@@ -181,11 +189,11 @@ class TwoTower(nn.Module):
         self.users = UserTower(config)
 
     def window_vectors(self, item_vectors: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids — item index, -1 padding, -2 begin — to (B, T, d) input vectors."""
-        safe = tokens.clamp(min=0)
-        x = item_vectors[safe]
-        x = torch.where((tokens == -2)[..., None], self.users.begin.expand_as(x), x)
-        return torch.where((tokens == -1)[..., None], torch.zeros_like(x), x)
+        """(B, T) tokens — an item index, :data:`PAD`, :data:`BEGIN` or :data:`EXTERNAL` (a
+        vector given by the caller, zero here) — to (B, T, d) input vectors."""
+        x = item_vectors[tokens.clamp(min=0)]
+        x = torch.where((tokens == BEGIN)[..., None], self.users.begin.expand_as(x), x)
+        return torch.where(((tokens == PAD) | (tokens == EXTERNAL))[..., None], torch.zeros_like(x), x)
 
     def encode(
         self,
@@ -199,7 +207,18 @@ class TwoTower(nn.Module):
         x = self.window_vectors(item_vectors, tokens)
         if extra is not None:
             x = x + extra
-        return self.users(x, tokens == -1, unit_age)
+        h = self.users(x, tokens == PAD, unit_age)
+        return h + x if self.config.last_item_skip else h
+
+    def text_user_vectors(self, text_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """User vectors for users known only by a text: the user tower over the begin token and
+        one pseudo-item, the text's projection (no id), as the latest unit."""
+        n = text_vectors.shape[0]
+        tokens = torch.tensor([[BEGIN, EXTERNAL]]).expand(n, 2)
+        unit_age = torch.tensor([[1, 0]]).expand(n, 2)
+        extra = torch.zeros(n, 2, self.config.dim)
+        extra[:, 1] = self.items.embed_text(text_vectors)
+        return self.encode(item_vectors, tokens, unit_age, extra)[:, -1]
 
 
 def windows(
@@ -221,9 +240,9 @@ def windows(
             if len(items) == max_len:
                 break
         begin_age = len(units)
-        rows.append(([-2] + items[::-1], [begin_age] + ages[::-1]))
+        rows.append(([BEGIN] + items[::-1], [begin_age] + ages[::-1]))
     length = max(len(r[0]) for r in rows)
-    tokens = torch.full((len(rows), length), -1, dtype=torch.int64)
+    tokens = torch.full((len(rows), length), PAD, dtype=torch.int64)
     unit_age = torch.zeros((len(rows), length), dtype=torch.int64)
     for b, (items, ages) in enumerate(rows):
         tokens[b, length - len(items) :] = torch.as_tensor(items)

@@ -1,0 +1,394 @@
+"""Events/s and freshness through one real worker, beside the raw consume rate of the same topic.
+
+Everything is real and local: a Tansu broker on 127.0.0.1 (stream.broker.LocalBroker), one
+`streamrec worker` child process (stream.worker_process.WorkerProcess) with the embedded store
+and the shipped MiniLM encoder (ONNX), and an Online Retail slice (training.datasets +
+stream.replay.retail_items/retail_events): its catalog first, then its purchases in time order
+(cycled with new event ids when a phase needs more events than the slice has).
+
+Measured, each phase repeated (default 3 times), median (min–max) over repetitions:
+
+- freshness at fixed rates (default 100, 1,000 and 5,000 events/s): event handed to the producer
+  -> its recommendation received by a threaded kafka-python consumer (stream.demo's
+  RecommendationLog), matched by trigger_event_id (one recommendation per user per batch answers
+  the user's last event in it, so only those events are matched); p50/p99; whether the producer
+  kept the rate;
+- saturation: a backlog sent as fast as the producer can; the worker's rate while it drains
+  what is already queued (producer finished), and freshness under that backlog;
+- the ceiling: a bare aiokafka consumer reading the same topic from the start (and the same with
+  the worker's input validation, stream.intake.decode, per message);
+- where the worker's time goes at saturation (its /metrics stage histograms, CPU from /proc);
+- the worker's RSS (resident and peak) after start, after the catalog and at the end.
+
+Usage: python -m bench.pipeline [--rates 100,1000,5000] [--duration 10] [--saturation-events 20000]
+                                [--customers 1500] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import (MIN_REPEATS, footer, header, median, mib, note, percentiles, ratio, rss_bytes, rss_split,
+                          spread, table)
+from inference.recommender import encoder_dir
+from inference.schemas import Event
+from inference.settings import InferenceSettings
+from stream.broker import LocalBroker, free_port
+from stream.demo import RecommendationLog
+from stream.replay import producer, publish, retail_events, retail_items
+from stream.worker_process import WorkerProcess
+from training.datasets import default_online_retail_path, load_online_retail, sample_customers
+
+PREFIX = "bench."
+TOPICS = ("events", "items", "intents", "requests", "recommendations", "deadletter")
+SUSTAIN_SHARE = 0.95  # a producer below 95% of the asked rate did not sustain it
+
+
+@dataclass
+class Wire:
+    """Events serialised once, before any timing, cycled with fresh ids when the slice runs out."""
+
+    events: list[Event]
+    cursor: int = 0
+    passes: int = 0
+
+    def take(self, n: int) -> list[tuple[str, bytes, bytes]]:
+        out = []
+        for _ in range(n):
+            event = self.events[self.cursor]
+            if self.passes:
+                event = event.model_copy(update={"event_id": f"{event.event_id}~{self.passes}"})
+            out.append((event.event_id, event.user_id.encode(), event.to_bytes()))
+            self.cursor += 1
+            if self.cursor == len(self.events):
+                self.cursor, self.passes = 0, self.passes + 1
+        return out
+
+
+@dataclass
+class Phase:
+    rate: float  # asked; 0 = as fast as possible
+    n: int
+    send_rate: float = 0.0
+    e2e_rate: float = 0.0  # events processed / (first send -> last processed)
+    drain_rate: float = float("nan")  # processed / s after the producer finished, from the backlog
+    latencies_ms: list[float] = field(default_factory=list)
+    matched: int = 0
+    timed_out: bool = False
+    busy_s: float = 0.0  # first send -> last event processed
+
+
+class StatsPoller:
+    """Samples the worker's processed-event count in a thread (10 Hz) while a phase runs."""
+
+    def __init__(self, worker: WorkerProcess):
+        self.worker, self.samples = worker, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StatsPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            stats = self.worker.get("/stats", quiet=True, timeout=5)
+            if stats is not None:
+                self.samples.append((time.time(), processed_events(stats)))
+            self._stop.wait(0.1)
+
+    def first_time_at_least(self, count: int) -> float | None:
+        return next((t for t, c in self.samples if c >= count), None)
+
+    def count_at(self, t: float) -> int:
+        before = [c for ts, c in self.samples if ts <= t]
+        return before[-1] if before else 0
+
+
+def processed_events(stats: dict) -> int:
+    return sum(v for k, v in stats["processed"].items() if k.startswith("event."))
+
+
+def send(kafka, topic: str, messages: list[tuple[str, bytes, bytes]], rate: float) -> tuple[dict[str, float], float]:
+    """Send pre-serialised events at `rate` per second (0: flat out); returns send times and rate."""
+    sent: dict[str, float] = {}
+    start = time.perf_counter()
+    for i, (event_id, key, value) in enumerate(messages):
+        if rate > 0:
+            ahead = start + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+        kafka.send(topic, key=key, value=value)
+        sent[event_id] = time.time()
+    kafka.flush()
+    elapsed = time.perf_counter() - start
+    return sent, len(messages) / elapsed if elapsed > 0 else float("inf")
+
+
+def run_phase(worker: WorkerProcess, kafka, recs: RecommendationLog, wire: Wire, rate: float, n: int,
+              timeout_floor: float = 120.0) -> Phase:
+    phase = Phase(rate, n)
+    messages = wire.take(n)
+    base = processed_events(worker.stats())
+    with StatsPoller(worker) as poller:
+        t0 = time.time()
+        sent, phase.send_rate = send(kafka, PREFIX + "events", messages, rate)
+        t_sent = time.time()
+        deadline = time.time() + max(timeout_floor, n / 100)
+        while time.time() < deadline:
+            if poller.first_time_at_least(base + n) is not None:
+                break
+            time.sleep(0.05)
+        else:
+            phase.timed_out = True
+    t_done = poller.first_time_at_least(base + n) or time.time()
+    phase.busy_s = max(t_done - t0, 1e-9)
+    phase.e2e_rate = n / phase.busy_s
+    left_at_send_end = base + n - poller.count_at(t_sent)
+    if left_at_send_end >= 0.2 * n and t_done > t_sent:
+        phase.drain_rate = left_at_send_end / (t_done - t_sent)
+    # the last recommendations may still be on their way to the reading thread
+    last = {m[0] for m in messages[-50:]}
+    settle = time.time() + 10
+    while time.time() < settle and len(last - recs.received.keys()) > 25:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    lat = [(recs.received[i] - t) * 1000 for i, t in sent.items() if i in recs.received]
+    phase.latencies_ms, phase.matched = lat, len(lat)
+    return phase
+
+
+async def _consume(bootstrap: str, topic: str, expected: int, validate: bool) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream.intake import Limits, decode
+
+    limits = Limits()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic) or {0}
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        count, start, last_progress = 0, time.perf_counter(), time.perf_counter()
+        while count < expected and time.perf_counter() - last_progress < 20:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for messages in batches.values():
+                count += len(messages)
+                last_progress = time.perf_counter()
+                if validate:
+                    for m in messages:
+                        decode(m.value, Event, limits)
+        return count / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+def consume_rate(bootstrap: str, topic: str, expected: int, validate: bool) -> float:
+    return asyncio.run(_consume(bootstrap, topic, expected, validate))
+
+
+_METRIC = re.compile(r'^(streamrec_(?:stage|batch)_seconds_(?:sum|count))\{(\w+)="([^"]+)"\} ([0-9.eE+-]+)$')
+
+
+def stage_totals(worker: WorkerProcess) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in worker.get_text("/metrics").splitlines():
+        m = _METRIC.match(line)
+        if m:
+            out[(m.group(1), m.group(3))] = float(m.group(4))
+    return out
+
+
+def stage_rows(phase: str, before: dict, after: dict, n: int, wall: float, cpu: float,
+               recommendations: int = 0) -> list[list[object]]:
+    """Per stage of the worker: calls, ms per call, µs per message, share of the phase's wall time."""
+    rows = []
+    batch_s = stages_s = 0.0
+    batches = 0.0
+    for (metric, label), value in sorted(after.items()):
+        if not metric.endswith("_sum"):
+            continue
+        count_key = (metric.replace("_sum", "_count"), label)
+        count = after.get(count_key, 0.0) - before.get(count_key, 0.0)
+        if count <= 0:
+            continue
+        delta = value - before.get((metric, label), 0.0)
+        kind = "batch" if "batch" in metric else "stage"
+        if kind == "batch":
+            batch_s, batches = batch_s + delta, batches + count
+        else:
+            stages_s += delta
+        rows.append([phase, f"{kind}: {label}", f"{int(count):,}", f"{delta / count * 1000:.2f}",
+                     f"{delta / n * 1e6:,.0f}", f"{delta / wall:.0%}"])
+    if batches:
+        rest = batch_s - stages_s
+        rows.append([phase, "batch minus stages (validate, profile maths, rank + explain, publish + acks)",
+                     f"{int(batches):,}", f"{rest / batches * 1000:.2f}", f"{rest / n * 1e6:,.0f}", f"{rest / wall:.0%}"])
+        rows.append([phase, "messages per batch", "–", "–", f"{n / batches:,.1f}", "–"])
+        if recommendations:
+            rows.append([phase, "recommendations (distinct users) per batch", "–", "–",
+                         f"{recommendations / batches:,.1f}", "–"])
+    rows.append([phase, "worker process CPU (user+sys)", "–", "–", f"{cpu / n * 1e6:,.0f}", f"{cpu / wall:.0%} of one core"])
+    return rows
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_text(pid: int) -> str:
+    return f"{rss_split(pid)}, peak {mib(rss_bytes(pid)[1])}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rates", default="100,1000,5000", help="fixed event rates (events/s)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of sending per fixed-rate repetition")
+    p.add_argument("--saturation-events", type=int, default=20_000, help="backlog per saturation repetition")
+    p.add_argument("--warmup-events", type=int, default=3_000)
+    p.add_argument("--customers", type=int, default=1500, help="Online Retail customers in the slice")
+    p.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",") if r]
+
+    started = header("Pipeline: one worker (Tansu broker, embedded store, MiniLM ONNX) vs raw consume")
+    onnx_dir = encoder_dir(InferenceSettings())
+    log = sample_customers(load_online_retail(default_online_retail_path()), args.customers, seed=args.seed)
+    items, events = list(retail_items(log)), list(retail_events(log))
+    note(f"Online Retail slice: {args.customers:,} customers, {len(items):,} items, {len(events):,} purchase events "
+         f"(cycled with new event ids when more are needed)")
+    wire = Wire(events)
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, \
+            LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
+        broker.create_topics([PREFIX + t for t in TOPICS], partitions=4)
+        env = {
+            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMREC_TOPIC_PREFIX": PREFIX,
+            "STREAMREC_APP_ID": "streamrec-bench",
+            "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
+            "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir),
+            "STREAMREC_SESSION_TIMEOUT_S": "6",
+        }
+        note(f"broker Tansu on {broker.bootstrap} (4 partitions per topic); worker settings: defaults "
+             "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s; "
+             "producer: stream.replay.producer (kafka-python, acks=1, linger 5 ms)")
+        t = time.perf_counter()
+        with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
+            pid = worker.proc.pid
+            note(f"worker ready in {time.perf_counter() - t:.1f} s; RSS {rss_text(pid)}")
+            recs = RecommendationLog(broker.bootstrap, PREFIX + "recommendations")
+            kafka = producer(broker.bootstrap)
+            phases: dict[str, list[Phase]] = {}
+            try:
+                metrics0, cpu0 = stage_totals(worker), cpu_seconds(pid)
+                t = time.perf_counter()
+                publish(kafka, PREFIX + "items", items, progress=False)
+                worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 900, "the catalog")
+                catalog_s = time.perf_counter() - t
+                breakdown = stage_rows("catalog", metrics0, stage_totals(worker), len(items), catalog_s,
+                                       cpu_seconds(pid) - cpu0)
+                note(f"catalog: {len(items):,} items embedded and stored in {catalog_s:.1f} s "
+                     f"({len(items) / catalog_s:,.0f} items/s); worker RSS {rss_text(pid)}")
+                run_phase(worker, kafka, recs, wire, 0, args.warmup_events)  # warm caches and the JIT-less paths
+
+                for rate in rates:
+                    for rep in range(args.repeats):
+                        n = int(rate * args.duration)
+                        phases.setdefault(f"{rate:,.0f}/s", []).append(run_phase(worker, kafka, recs, wire, rate, n))
+                        print(f"  … {rate:,.0f}/s repetition {rep + 1} done", file=sys.stderr, flush=True)
+
+                for rep in range(args.repeats):
+                    metrics0, cpu0, published0 = stage_totals(worker), cpu_seconds(pid), worker.stats()["published"]
+                    phase = run_phase(worker, kafka, recs, wire, 0, args.saturation_events)
+                    phases.setdefault("saturation", []).append(phase)
+                    # the settle wait after the phase is idle: it adds CPU-free wall time only
+                    breakdown += stage_rows(f"saturation {rep + 1}", metrics0, stage_totals(worker), phase.n,
+                                            phase.busy_s, cpu_seconds(pid) - cpu0,
+                                            worker.stats()["published"] - published0)
+                    print(f"  … saturation repetition {rep + 1} done", file=sys.stderr, flush=True)
+                final_rss = rss_text(pid)
+                broker_rss = rss_text(broker.pid) if broker.pid else "n/a"
+            finally:
+                kafka.close()
+                recs.close()
+
+            total = wire.passes * len(events) + wire.cursor
+            ceiling = [consume_rate(broker.bootstrap, PREFIX + "events", total, False) for _ in range(args.repeats)]
+            ceiling_v = [consume_rate(broker.bootstrap, PREFIX + "events", total, True) for _ in range(args.repeats)]
+
+    rows = []
+    ceil = median(ceiling)
+    rows.append(["ceiling: bare aiokafka consumer, same topic", "–", "–", spread(ceiling, 0), "1.00×", "–", "–", "–"])
+    rows.append(["ceiling + intake.decode(Event) per message", "–", "–", spread(ceiling_v, 0),
+                 ratio(median(ceiling_v), ceil), "–", "–", "–"])
+    for name, reps in phases.items():
+        p50s = [percentiles(r.latencies_ms, (50,))[0] for r in reps]
+        p99s = [percentiles(r.latencies_ms, (99,))[0] for r in reps]
+        sends = [r.send_rate for r in reps]
+        if name == "saturation":
+            rate_col = "max"
+            sustained = f"{spread(sends, 0)} sent/s"
+            worker_rates = [r.drain_rate for r in reps]
+            if all(r != r for r in worker_rates):
+                worker_rates = [r.e2e_rate for r in reps]
+                rate_note = " (producer-limited: no backlog built up)"
+            else:
+                rate_note = " (draining the backlog)"
+        else:
+            rate_col = name
+            ok = all(s >= SUSTAIN_SHARE * r.rate for s, r in zip(sends, reps))
+            sustained = f"{spread(sends, 0)}/s" + ("" if ok else " — producer could NOT sustain the rate")
+            worker_rates = [r.e2e_rate for r in reps]
+            rate_note = ""
+        matched = sum(r.matched for r in reps) / max(sum(r.n for r in reps), 1)
+        rows.append([
+            f"worker at {rate_col}{rate_note}" + (" (TIMED OUT)" if any(r.timed_out for r in reps) else ""),
+            sustained, f"{reps[0].n:,}", spread(worker_rates, 0), ratio(median(worker_rates), ceil),
+            spread(p50s, 1), spread(p99s, 1), f"{matched:.0%}",
+        ])
+    table(["measurement", "producer achieved", "events/rep", "events/s", "vs ceiling", "freshness p50 ms",
+           "freshness p99 ms", "events matched"], rows)
+    note("events/s at a fixed rate: events / (first send -> worker counted the last); at saturation: events "
+         "processed after the producer finished / time to finish them (pure worker capacity)")
+    note("freshness: producer send() -> recommendation read by the bench's kafka-python consumer thread "
+         "(includes the 5 ms producer linger and the reader's 10 ms fetch wait); matched share: events that were "
+         "their user's last in a batch get a recommendation with their trigger_event_id")
+
+    table(["phase", "where the worker's time goes", "calls", "ms per call", "µs per message", "share of wall"],
+          breakdown)
+    note("from the worker's /metrics histograms (streamrec_batch_seconds, streamrec_stage_seconds) and "
+         "/proc/<pid>/stat, as differences over each phase; wall = first send -> last message processed")
+    note(f"worker RSS at end: {final_rss}; broker RSS: {broker_rss}")
+    footer(started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

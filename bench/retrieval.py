@@ -1,0 +1,337 @@
+"""Top-100 retrieval from the vector store (EdgeStore, exact search) beside numpy brute force.
+
+For each size (random unit 384-d items with a realistic item payload: category among 50, price,
+in_stock 90% true, plus the title and text hash the worker stores), it measures, with and without
+the recommender's kind of filter (in_stock + category any_of 5 + price range):
+
+- EdgeStore.search: p50/p99 latency of one query and sequential QPS;
+- EdgeStore.search_batch with 32 queries per call (what the worker does per batch): QPS;
+- numpy brute force in the same process on the same vectors: float32 matmul + argpartition, the
+  filter as a boolean mask computed per query (the baseline), single and 32-query batches;
+- the engine alone (EdgeShard.query, bypassing the adapter), without and with the payload of the
+  100 hits: where the time goes (the adapter always asks for payloads);
+- recall@100 of the store against exact numpy (exact search: should be 1.0);
+- the worker's own filter (in_stock + exclude the user's purchased items, 0/100/500 ids): the
+  store beside numpy with the excluded rows masked, and the cost of building the filter alone.
+
+Usage: python -m bench.retrieval [--sizes 10000,100000] [--queries 100] [--repeats 3] [--blas-threads 1]
+The 1M case is opt-in (--sizes 10000,100000,1000000): upserting takes minutes at ~10k/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import MIN_REPEATS, blas_threads, footer, header, median, mib, note, percentiles, ratio, rss_bytes, spread, table
+from inference.store import EdgeStore, Filter, Point
+
+DIM = 384
+K = 100
+CATEGORIES = 50
+BATCH = 32
+UPSERT_BATCH = 1000
+COLLECTION = "items"
+
+
+def make_items(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors (float32), category codes, prices and in-stock flags for `n` items."""
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 100_000):  # chunks: no float64 copy of the whole 1M matrix
+        chunk = rng.standard_normal((min(100_000, n - start), DIM), dtype=np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        vectors[start : start + len(chunk)] = chunk
+    # Category sizes follow a Zipf-like law, as shop catalogs do (a few large, many small).
+    weights = 1.0 / np.arange(1, CATEGORIES + 1) ** 0.8
+    category = rng.choice(CATEGORIES, size=n, p=weights / weights.sum()).astype(np.int32)
+    price = np.round(rng.lognormal(mean=np.log(10.0), sigma=1.0, size=n), 2).astype(np.float64)
+    in_stock = rng.random(n) < 0.9
+    return vectors, category, price, in_stock
+
+
+def make_queries(n: int, seed: int) -> tuple[np.ndarray, list[tuple[np.ndarray, float, float]]]:
+    """Query vectors and, per query, a filter: 5 categories and a price range."""
+    rng = np.random.default_rng(seed + 1)
+    q = rng.standard_normal((n, DIM), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    filters = []
+    for _ in range(n):
+        cats = np.sort(rng.choice(CATEGORIES, size=5, replace=False)).astype(np.int32)
+        lo = float(rng.choice([0.0, 2.0, 5.0]))
+        hi = float(rng.choice([20.0, 50.0, 100.0]))
+        filters.append((cats, lo, hi))
+    return q, filters
+
+
+def store_filter(cats: np.ndarray, lo: float, hi: float) -> Filter:
+    return Filter(equals={"in_stock": True}, any_of={"category": [f"cat{c:02d}" for c in cats]},
+                  ranges={"price": (lo, hi)})
+
+
+def fill_store(store: EdgeStore, vectors, category, price, in_stock) -> float:
+    """Upsert every item through the adapter, as the worker does; returns points/s (upsert + flush)."""
+    store.ensure_collection(COLLECTION, DIM, keyword_fields=("category",), bool_fields=("in_stock",),
+                            float_fields=("price",))
+    rng = np.random.default_rng(7)
+    words = np.array(["RED", "VINTAGE", "HEART", "T-LIGHT", "HOLDER", "JUMBO", "BAG", "SET", "OF", "6",
+                      "CERAMIC", "MUG", "GLASS", "LANTERN", "CHRISTMAS", "PINK", "RETROSPOT", "CAKE"])
+    n = len(vectors)
+    spent = 0.0  # only the adapter's upsert calls are timed, not building the test payloads
+    for start in range(0, n, UPSERT_BATCH):
+        stop = min(n, start + UPSERT_BATCH)
+        points = [
+            Point(
+                f"i{i}",
+                vectors[i],
+                {
+                    "title": " ".join(rng.choice(words, size=5)),
+                    "category": f"cat{int(category[i]):02d}",
+                    "price": float(price[i]),
+                    "in_stock": bool(in_stock[i]),
+                    "text_hash": f"{i:024x}",
+                    "popularity": [0.0, 0.0],
+                },
+            )
+            for i in range(start, stop)
+        ]
+        t = time.perf_counter()
+        store.upsert(COLLECTION, points)
+        spent += time.perf_counter() - t
+        if n >= 200_000 and (stop // UPSERT_BATCH) % 100 == 0:
+            print(f"  … upserted {stop:,}/{n:,} ({stop / spent:,.0f}/s)", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    store.flush()
+    return n / (spent + time.perf_counter() - t)
+
+
+def engine_request(q: np.ndarray, f: Filter | None, with_payload: bool) -> qe.QueryRequest:
+    """The adapter's request, built here: what the engine alone costs, with or without payloads."""
+    from inference.store import _edge_filter
+
+    return qe.QueryRequest(limit=K, query=qe.Query.Nearest(q.tolist()), filter=_edge_filter(f),
+                           with_payload=with_payload, with_vector=False, params=qe.SearchParams(exact=True))
+
+
+def blas_contention(vectors: np.ndarray, queries: np.ndarray, threads: int) -> str:
+    """numpy's single-query time at 1 and 2 OpenBLAS threads (the 2-thread one stalls under load)."""
+    out = []
+    for t in (1, 2):
+        blas_threads(t)
+        times = []
+        for q in queries[:20]:
+            start = time.perf_counter()
+            numpy_topk(vectors, q, None)
+            times.append(time.perf_counter() - start)
+        out.append(f"{t} thread{'s' if t > 1 else ''} p50 {percentiles([x * 1000 for x in times], (50,))[0]:.2f} ms")
+    blas_threads(threads)
+    return ", ".join(out)
+
+
+def numpy_topk(vectors: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    scores = vectors @ q
+    if mask is not None:
+        scores[~mask] = -np.inf
+        k = min(K, int(mask.sum()))
+    else:
+        k = K
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+def numpy_topk_batch(vectors: np.ndarray, qs: np.ndarray, masks: list[np.ndarray] | None) -> list[np.ndarray]:
+    scores = vectors @ qs.T  # (n, batch)
+    out = []
+    for j in range(qs.shape[0]):
+        col = scores[:, j]
+        if masks is not None:
+            col = np.where(masks[j], col, -np.inf)
+        top = np.argpartition(-col, K - 1)[:K]
+        out.append(top[np.argsort(-col[top], kind="stable")])
+    return out
+
+
+def numpy_mask(category, price, in_stock, cats, lo, hi) -> np.ndarray:
+    return in_stock & np.isin(category, cats) & (price >= lo) & (price <= hi)
+
+
+EXCLUDED = (0, 100, 500)  # purchased items a profile excludes (MAX_PURCHASED is 500)
+
+
+def run_exclusion(store: EdgeStore, n: int, vectors: np.ndarray, in_stock: np.ndarray, queries: np.ndarray,
+                  repeats: int, seed: int) -> list[list[object]]:
+    """The recommender's filter: in stock and not already bought (Filter.exclude_ids)."""
+    from inference.store import _edge_filter
+
+    rng = np.random.default_rng(seed + 2)
+    rows = []
+    nq = min(len(queries), 50)
+    for excluded in EXCLUDED:
+        idx = [rng.choice(n, size=excluded, replace=False) for _ in range(nq)]
+        filters = [Filter(equals={"in_stock": True}, exclude_ids=tuple(f"i{j}" for j in ix)) for ix in idx]
+        store_p50, build_p50, np_p50, recalls = [], [], [], []
+        for rep in range(repeats):
+            t_store, t_build, t_np = [], [], []
+            for i in range(nq):
+                start = time.perf_counter()
+                hits = store.search(COLLECTION, queries[i], K, filter=filters[i])
+                t_store.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                _edge_filter(filters[i])
+                t_build.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                mask = in_stock.copy()
+                mask[idx[i]] = False
+                exact = numpy_topk(vectors, queries[i], mask)
+                t_np.append(time.perf_counter() - start)
+                if rep == 0:
+                    recalls.append(len({f"i{j}" for j in exact} & {h.id for h in hits}) / K)
+            store_p50.append(percentiles([t * 1000 for t in t_store], (50,))[0])
+            build_p50.append(percentiles([t * 1000 for t in t_build], (50,))[0])
+            np_p50.append(percentiles([t * 1000 for t in t_np], (50,))[0])
+        rows.append([f"{n:,}", f"{excluded:,}", spread(store_p50, 2), spread(build_p50, 2), spread(np_p50, 2),
+                     ratio(median(store_p50), median(np_p50)), f"{np.mean(recalls):.4f}"])
+    return rows
+
+
+def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, threads: int,
+             exclusion_rows: list[list[object]]) -> list[list[object]]:
+    t0 = time.perf_counter()
+    vectors, category, price, in_stock = make_items(n, seed)
+    queries, filters = make_queries(n_queries, seed)
+    root = workdir / f"store-{n}"
+    store = EdgeStore(root)
+    try:
+        upsert_rate = fill_store(store, vectors, category, price, in_stock)
+        shard = store._shard(COLLECTION)[0]  # the engine itself, to separate adapter cost (bench only)
+        pass_share = float(np.mean([numpy_mask(category, price, in_stock, *f).mean() for f in filters]))
+        note(f"{n:,} items: upserted at {upsert_rate:,.0f} points/s (adapter, batches of {UPSERT_BATCH}); "
+             f"the filters let {pass_share:.1%} of the items through on average; "
+             f"process RSS {mib(rss_bytes()[0])}; setup {time.perf_counter() - t0:.0f} s")
+        note(f"{n:,} items: numpy unfiltered top-{K} with OpenBLAS at {blas_contention(vectors, queries, threads)}")
+
+        rows = []
+        for filtered in (False, True):
+            lat = {"store": [], "numpy": [], "engine": [], "engine_p": []}
+            qps = {"store": [], "numpy": [], "engine": [], "engine_p": [], "store_b": [], "numpy_b": [],
+                   "engine_b": [], "engine_p_b": []}
+            recalls: list[float] = []
+            for rep in range(repeats):
+                times = {"store": [], "numpy": [], "engine": [], "engine_p": []}
+                for i in range(n_queries):
+                    f = filters[i]
+                    start = time.perf_counter()
+                    hits = store.search(COLLECTION, queries[i], K, filter=store_filter(*f) if filtered else None)
+                    times["store"].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    mask = numpy_mask(category, price, in_stock, *f) if filtered else None
+                    exact = numpy_topk(vectors, queries[i], mask)
+                    times["numpy"].append(time.perf_counter() - start)
+                    for system, with_payload in (("engine", False), ("engine_p", True)):
+                        request = engine_request(queries[i], store_filter(*f) if filtered else None, with_payload)
+                        start = time.perf_counter()
+                        shard.query(request)
+                        times[system].append(time.perf_counter() - start)
+                    if rep == 0:
+                        expected = {f"i{j}" for j in exact}
+                        got = {h.id for h in hits}
+                        recalls.append(len(expected & got) / max(len(expected), 1))
+                for system in times:
+                    lat[system].append([t * 1000 for t in times[system]])
+                    qps[system].append(n_queries / sum(times[system]))
+
+                # Batches of 32 queries per call, as the worker retrieves for a batch of users.
+                n_batches = max(1, n_queries // BATCH)
+                t_store = t_np = 0.0
+                for b in range(n_batches):
+                    idx = [(b * BATCH + j) % n_queries for j in range(BATCH)]
+                    fs = [store_filter(*filters[j]) if filtered else None for j in idx]
+                    start = time.perf_counter()
+                    store.search_batch(COLLECTION, queries[idx], K, filters=fs)
+                    t_store += time.perf_counter() - start
+                    start = time.perf_counter()
+                    masks = [numpy_mask(category, price, in_stock, *filters[j]) for j in idx] if filtered else None
+                    numpy_topk_batch(vectors, queries[idx], masks)
+                    t_np += time.perf_counter() - start
+                qps["store_b"].append(n_batches * BATCH / t_store)
+                qps["numpy_b"].append(n_batches * BATCH / t_np)
+
+            def p(system: str, q: int) -> list[float]:
+                return [percentiles(r, (q,))[0] for r in lat[system]]
+
+            label = "filtered" if filtered else "no filter"
+            names = (("store", "EdgeStore.search (adapter)"), ("engine_p", "EdgeShard.query + payload"),
+                     ("engine", "EdgeShard.query, ids only"), ("numpy", "numpy brute force (baseline)"))
+            for system, name in names:
+                rows.append([
+                    f"{n:,}", label, name,
+                    spread(p(system, 50), 2), spread(p(system, 99), 2),
+                    spread(qps[system], 0), spread(qps[system + "_b"], 0) if qps[system + "_b"] else "–",
+                    ratio(median(qps[system]), median(qps["numpy"])),
+                    {"store": f"{np.mean(recalls):.4f} (min {np.min(recalls):.2f})", "numpy": "1 (exact)"}.get(system, "–"),
+                ])
+            print(f"  … {n:,} {label} done", file=sys.stderr, flush=True)
+        exclusion_rows += run_exclusion(store, n, vectors, in_stock, queries, repeats, seed)
+        return rows
+    finally:
+        store.close()
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        note(f"{n:,} items: store directory {mib(size)} on disk (apparent size)")
+        shutil.rmtree(root, ignore_errors=True)
+        del vectors
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000,100000", help="comma-separated item counts (1M: 1000000, opt-in)")
+    p.add_argument("--queries", type=int, default=100, help="queries per repetition (1M uses min(this, 50))")
+    p.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="numpy's OpenBLAS threads for the baseline (default 1: 2 threads stall on a loaded 2-core box)")
+    p.add_argument("--workdir", type=Path, default=None, help="where the temporary stores go (default: /tmp)")
+    args = p.parse_args(argv)
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
+    threads = blas_threads(args.blas_threads)
+
+    started = header("Retrieval: EdgeStore exact top-100 vs numpy brute force")
+    note(f"{DIM}-d random unit vectors; top-{K}; {args.repeats} repetitions of the query set; "
+         f"numpy baseline with {threads} OpenBLAS thread(s)")
+    note("filter = in_stock=true AND category any_of 5 (of 50, Zipf-sized) AND price in a range; "
+         "numpy applies the same filter as a boolean mask computed per query (inside the timing)")
+    rows: list[list[object]] = []
+    exclusion_rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-retrieval-", dir=args.workdir) as tmp:
+        for n in sizes:
+            nq = min(args.queries, 50) if n >= 1_000_000 else args.queries
+            rows += run_size(n, nq, args.repeats, args.seed, Path(tmp), args.blas_threads, exclusion_rows)
+    table(
+        ["items", "filter", "system", "p50 ms", "p99 ms", "QPS (1 query/call)", f"QPS ({BATCH}/call)",
+         "QPS vs numpy", "recall@100"],
+        rows,
+    )
+    note("cells: median of the repetitions (min–max); recall from the first repetition, mean over queries")
+    table(["items", "excluded ids", "EdgeStore.search p50 ms", "of which building the filter (ms)",
+           "numpy p50 ms (mask)", "store vs numpy", "recall@100"], exclusion_rows)
+    note("the worker's filter for a user: in_stock=true AND NOT has_id(purchased); building it hashes every "
+         "excluded id to its point UUID (inference.store._edge_filter) on each query")
+    footer(started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

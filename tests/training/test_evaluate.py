@@ -1,0 +1,131 @@
+"""`streamrec evaluate` end to end on tiny synthetic files (no RecBole peer: it needs its own venv)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stream.cli import main
+from training.evaluate import first_basket_texts, format_table
+from training.split import ProtocolSplit
+
+METRICS = {"hr@10", "ndcg@10", "mrr", "coverage", "train_s", "eval_s"}
+
+
+def write_sequences(path: Path, n_users: int = 80, n_items: int = 30, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for user in range(1, n_users + 1):
+        start, length = int(rng.integers(n_items)), int(rng.integers(5, 9))
+        items = [(start + 2 * s) % n_items + 1 for s in range(length)]
+        lines.append(" ".join(map(str, [user, *items])))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert main(["evaluate", *args, "--json", "--threads", "1", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_sequences_json_schema_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sequences(tmp_path / "Toy.txt")
+    report = tmp_path / "report"
+
+    result = run_json(
+        capsys, "--format", "sequences", "--path", str(path), "--baselines", "popularity,cooccurrence",
+        "--epochs", "2", "--report", str(report),
+    )
+
+    assert set(result) >= {"dataset", "protocol", "results"}
+    assert set(result["results"]) == {"popularity", "cooccurrence", "streamrec"}
+    for metrics in result["results"].values():
+        assert METRICS <= set(metrics)
+        assert 0.0 <= metrics["hr@10"] <= 1.0 and 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] + 1e-9
+    assert result["results"]["streamrec"]["epochs"] <= 2
+    assert result["protocol"]["exclude_seen"] is True and result["protocol"]["unit"] == "item"
+    assert result["dataset"]["users"] == 80
+    assert "cold_start" not in result  # no item text in S3-Rec files
+    assert (report / "report.md").read_text().startswith("# Offline evaluation")
+    assert (report / "metrics.png").stat().st_size > 1000
+    assert json.loads((report / "result.json").read_text())["results"].keys() == result["results"].keys()
+
+
+def test_evaluate_baselines_none_and_max_users(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sequences(tmp_path / "Toy.txt")
+    result = run_json(
+        capsys, "--format", "sequences", "--path", str(path), "--baselines", "none", "--epochs", "1",
+        "--max-users", "40", "--include-seen",
+    )
+    assert set(result["results"]) == {"streamrec"}
+    assert result["dataset"]["users"] == 40
+    assert result["protocol"]["exclude_seen"] is False
+
+
+def test_unknown_baseline_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--format", "sequences", "--path", str(tmp_path / "x.txt"), "--baselines", "bogus"])
+
+
+def write_retail(path: Path, n_users: int = 40, seed: int = 0) -> Path:
+    """Users buying 3-5 invoices of themed items (mugs or lamps): text tells the themes apart."""
+    rng = np.random.default_rng(seed)
+    themes = {0: [f"RED MUG {i}" for i in range(12)], 1: [f"GARDEN LAMP {i}" for i in range(12)]}
+    rows, invoice = [], 500000
+    for user in range(n_users):
+        theme = user % 2
+        for b in range(int(rng.integers(3, 6))):
+            invoice += 1
+            day = pd.Timestamp("2011-01-03") + pd.Timedelta(days=7 * b + user % 5)
+            for item in rng.choice(12, size=3, replace=False):
+                rows.append({
+                    "InvoiceNo": str(invoice), "StockCode": f"{20000 + 100 * theme + int(item)}",
+                    "Description": themes[theme][int(item)], "Quantity": 1,
+                    "InvoiceDate": f"{day:%Y-%m-%d} 10:00:00", "UnitPrice": 2.5,
+                    "CustomerID": float(12000 + user), "Country": "United Kingdom",
+                })
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_online_retail_with_cold_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_ENCODER_ONNX_DIR", str(tiny_onnx_dir))
+    monkeypatch.setenv("STREAMREC_DATA_DIR", str(tmp_path / "state"))
+    path = write_retail(tmp_path / "retail.csv")
+
+    result = run_json(
+        capsys, "--format", "online-retail", "--path", str(path), "--baselines", "popularity",
+        "--epochs", "2", "--cold-fraction", "0.3",
+    )
+
+    assert result["protocol"]["unit"] == "basket"
+    assert set(result["results"]) == {"popularity", "streamrec"}
+    cold = result["cold_start"]
+    assert cold["new_items"]["held_out_items"] > 0
+    assert {"streamrec", "popularity", "streamrec_warm_targets"} == set(cold["new_items"]["results"])
+    assert {"streamrec", "encoder_cosine", "popularity"} == set(cold["text_only_users"]["results"])
+    for block in cold.values():
+        assert "protocol" in block
+        for metrics in block["results"].values():
+            assert METRICS <= set(metrics)
+    # The item title vectors were cached under the data dir.
+    assert list((tmp_path / "state" / "cache").glob("text-*.npy"))
+
+
+def test_first_basket_text_joins_distinct_titles() -> None:
+    split = ProtocolSplit(
+        name="t", unit="basket", item_ids=list("abc"), users=["u"], units=[[[0, 1, 0], [2], [1]]],
+        item_text=["RED MUG", "BLUE MUG", "LAMP"],
+    )
+    assert first_basket_texts(split, np.array([0])) == ["RED MUG, BLUE MUG"]
+
+
+def test_format_table_shows_errors() -> None:
+    table = format_table({"sasrec": {"error": "no venv"}})
+    assert "not run: no venv" in table

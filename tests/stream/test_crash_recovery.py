@@ -16,8 +16,8 @@ import time
 from collections import Counter
 
 from inference.recommender import rec_id_for
-from inference.schemas import Recommendation
 from tests.fixtures.fault_fixtures import (
+    Answers,
     answered_events,
     catalog,
     compare_all,
@@ -78,13 +78,10 @@ def test_sigkill_at_random_points_loses_nothing_and_counts_nothing_twice(broker,
         assert len(kills) == MID_STREAM_KILLS + STARTUP_KILLS
         print("\n".join(["kills:", *kills]))
 
-        want = answered_events(events)
-        reader = d.reader("recommendations")
-        messages = reader.until(
-            lambda ms: set(want.values()) <= {Recommendation.model_validate_json(m.value).trigger_event_id for m in ms},
-            timeout=180,
-        )
-        recs = [Recommendation.model_validate_json(m.value) for m in messages]
+        want = set(answered_events(events).values())
+        answers = Answers()
+        d.reader("recommendations").until(lambda ms: want <= answers.update(ms).triggers, timeout=180)
+        recs = answers.recs
         assert worker.alive(), "the last worker died on its own"
         worker.stop()
     finally:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request as WebRequest, Response, View
 
 from inference.recommender import Recommender
@@ -268,12 +269,18 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             rec = await in_executor(lambda: recommender.recommend(user_id, k=k, filters=filters))
             return self.json(rec.model_dump(mode="json", by_alias=True))
 
+    def assigned_partitions() -> int:
+        try:
+            return len(app.consumer.assignment())
+        except ConsumerNotStarted:  # asked before Faust's consumer thread is up
+            return 0
+
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: WebRequest) -> Response:
             body = {"status": "ok" if state.healthy else "degraded", "error": state.last_error,
                     "model_version": recommender.model_version,
-                    "assigned_partitions": len(app.consumer.assignment())}
+                    "assigned_partitions": assigned_partitions()}
             return self.json(body, status=200 if state.healthy else 503)
 
     @app.page("/stats")

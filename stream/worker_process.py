@@ -56,7 +56,12 @@ class WorkerProcess:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:  # /health answers 503 with a body while degraded
-            return json.load(exc)
+            try:
+                return json.load(exc)
+            except json.JSONDecodeError:
+                if quiet:
+                    return None
+                raise
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             if quiet:
                 return None

@@ -35,8 +35,8 @@ from tests.fixtures.kafka_fixtures import Deployment
 
 SEED = 5_2024
 N_ITEMS, N_USERS, N_EVENTS = 100, 50, 3_000
-MID_STREAM_KILLS = 10
-STARTUP_KILLS = 2  # extra kills of a worker that is still starting (joining the group, loading)
+MID_STREAM_KILLS = 9
+STARTUP_KILLS = 2  # kills of a worker that is still starting (loading, joining the group): 11 in all
 MAX_KILL_DELAY_S = 2.0
 
 

@@ -303,6 +303,8 @@ def _triple(topic_full: str, key: bytes | None, value: bytes | None) -> tuple:
     return topic_full, key, value
 
 
+# kafka-python's I/O thread uses the global `random` module while hypothesis draws the next example
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 def test_hostile_input_never_crashes_the_worker_and_every_bad_message_is_dead_lettered(broker, tmp_path_factory, tiny_onnx_dir):
     d = Deployment(broker, tmp_path_factory.mktemp("fuzz"), tiny_onnx_dir, STREAMREC_MAX_MESSAGE_BYTES=str(MAX_BYTES))
     try:

@@ -274,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=1500, help="Online Retail customers in the slice")
     p.add_argument("--repeats", type=int, default=MIN_REPEATS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env", action="append", default=[], metavar="STREAMREC_X=VALUE",
+                   help="a worker setting to override (repeatable), e.g. STREAMREC_BATCH_WINDOW_S=0.05")
     args = p.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",") if r]
+    rates = [float(r) for r in args.rates.split(",") if r]  # --rates "" measures saturation only
+    overrides = dict(item.split("=", 1) for item in args.env)
+    if any(not k.startswith("STREAMREC_") for k in overrides):
+        p.error("--env takes STREAMREC_* settings only")
 
     started = header("Pipeline: one worker (Tansu broker, embedded store, MiniLM ONNX) vs raw consume")
     onnx_dir = encoder_dir(InferenceSettings())
@@ -295,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
             "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir),
             "STREAMREC_SESSION_TIMEOUT_S": "6",
+            **overrides,
         }
         note(f"broker Tansu on {broker.bootstrap} (4 partitions per topic); worker settings: defaults "
-             "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s; "
+             "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s"
+             f"{''.join(f' + {k}={v}' for k, v in overrides.items())}; "
              "producer: stream.replay.producer (kafka-python, acks=1, linger 5 ms)")
         t = time.perf_counter()
         with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     note("cells: median of the repetitions (min–max); recall from the first repetition, mean over queries")
     table(["items", "excluded ids", "EdgeStore.search p50 ms", "of which building the filter (ms)",
-           "numpy p50 ms (mask)", "store vs numpy", "recall@100"], exclusion_rows)
+           "numpy p50 ms (mask)", "store ÷ numpy latency", "recall@100"], exclusion_rows)
     note("the worker's filter for a user: in_stock=true AND NOT has_id(purchased); building it hashes every "
          "excluded id to its point UUID (inference.store._edge_filter) on each query")
     footer(started)

@@ -102,19 +102,19 @@ class Popularity:
     """Time-decayed interaction counts per item, decayed to the newest event time seen."""
 
     def __init__(self, half_life_s: float):
-        self._half_life_s = half_life_s
+        self.half_life_s = half_life_s
         self._counts: dict[str, tuple[float, float]] = {}
         self.now = 0.0
 
     def add(self, item_id: str, weight: float, ts: float) -> None:
         count, updated = self._counts.get(item_id, (0.0, ts))
         ref = max(ts, updated)
-        self._counts[item_id] = (count * decay(ref - updated, self._half_life_s) + weight, ref)
+        self._counts[item_id] = (count * decay(ref - updated, self.half_life_s) + weight, ref)
         self.now = max(self.now, ts)
 
     def value(self, item_id: str) -> float:
         count, updated = self._counts.get(item_id, (0.0, self.now))
-        return count * decay(self.now - updated, self._half_life_s)
+        return count * decay(self.now - updated, self.half_life_s)
 
     def values(self, item_ids: Sequence[str]) -> dict[str, float]:
         return {i: self.value(i) for i in item_ids}

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from inference.exploration import Arm, ExploredSlot
 from inference.profiles import Interest, Profile, RecentItem, Rfm
 from inference.schemas import EventType
 from inference.store import Point, VectorStore
@@ -76,6 +77,9 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
         "rfm": [profile.rfm.first_ts, profile.rfm.last_purchase_ts, profile.rfm.purchases, profile.rfm.monetary],
         "events": profile.events,
         "stated_interest": profile.stated_interest,
+        "segment": profile.segment,
+        "topics": {t: [a.shown, a.rewarded] for t, a in profile.topics.items()},
+        "exploring": [[e.rec_id, e.item_id, e.topic, e.impressed, e.rewarded] for e in profile.exploring],
     }
     stored_id = stored_id or profile.user_id
     payload = {"user_id": stored_id, "state": json.dumps(state, separators=(",", ":"))}
@@ -98,6 +102,9 @@ def profile_from_point(point: Point) -> Profile:
         rfm=Rfm(first_ts, last_purchase_ts, int(purchases), float(monetary)),
         events=int(state["events"]),
         stated_interest=bool(state["stated_interest"]),
+        segment=state.get("segment"),
+        topics={str(t): Arm(float(a), float(b)) for t, (a, b) in state.get("topics", {}).items()},
+        exploring=tuple(ExploredSlot(r, i, t, bool(im), bool(rw)) for r, i, t, im, rw in state.get("exploring", ())),
     )
 
 

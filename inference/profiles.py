@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from inference.exploration import Arm, ExploredSlot
 from inference.schemas import EventType
 
 EVENT_WEIGHTS: dict[EventType, float] = {
@@ -89,6 +90,9 @@ class Profile:
     rfm: Rfm = Rfm()
     events: int = 0
     stated_interest: bool = False  # the profile was seeded from the user's own words
+    segment: str | None = None  # the value segment last published for the user
+    topics: dict[str, Arm] = field(default_factory=dict)  # the user's own exploration arms
+    exploring: tuple[ExploredSlot, ...] = ()  # explored items still waiting for feedback
 
 
 def decay(dt_s: float, half_life_s: float) -> float:
@@ -224,3 +228,8 @@ def category_affinity(profile: Profile) -> dict[str, float]:
     if top <= 0:
         return {}
     return {c: max(s, 0.0) / top for c, s in profile.categories.items()}
+
+
+def recent_weights(profile: Profile, now: float, params: ProfileParams) -> list[float]:
+    """How much each recent item speaks for the user now: its event weight, decayed by age."""
+    return [max(EVENT_WEIGHTS[r.type], 0.5) * decay(now - r.ts, params.long_term_half_life_s) for r in profile.recent]

@@ -7,12 +7,15 @@ No Kafka here: `stream/` feeds it, tests and the CLI call it directly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,21 @@ from inference.catalog import (
     record_from_point,
     text_hash,
 )
+from inference.clustering import interest_centroids
 from inference.encoder import TextEncoder
+from inference.experiments import VariantSpec, assign_variant
+from inference.explanations import Evidence, explain
+from inference.exploration import (
+    MAX_PERSONAL_TOPICS,
+    Arm,
+    ExploredSlot,
+    add_observation,
+    attribute,
+    choose_topics,
+    explore_count,
+    remember_explored,
+)
+from inference.interest_groups import InterestGroups
 from inference.profile_store import USERS, ProfileRepository, pseudonymiser
 from inference.profiles import (
     EVENT_WEIGHTS,
@@ -37,8 +54,10 @@ from inference.profiles import (
     apply_stated_interest,
     category_affinity,
     query_vector,
+    recent_weights,
 )
-from inference.ranking import Candidate, Evidence, Weights, rank
+from inference.purchase_probability import PurchaseModel, load_purchase_model
+from inference.ranking import Candidate, Ranked, Weights, rank
 from inference.schemas import (
     Erasure,
     ErasureConfirmed,
@@ -46,22 +65,45 @@ from inference.schemas import (
     EventType,
     Intent,
     Item,
+    Message,
     Recommendation,
     RecommendedItem,
     RequestFilters,
+    SegmentChange,
     utcnow,
 )
+from inference.segments import RfmCutoffs
+from inference.segments import score as rfm_score
 from inference.settings import InferenceSettings
+from inference.state_blobs import StateBlobs
 from inference.store import Filter, Point, StoreUnavailable, VectorStore, open_store
+from inference.topics import Topics
 
 log = logging.getLogger("streamrec.recommender")
 
 _REC_NAMESPACE = uuid.UUID("6f1c3a52-2b7e-4c1e-9d0a-5c2f7e8b9a10")
+SEGMENT_POPULAR = 20
+"""Items per segment that count as "popular in your segment" for explanations."""
 
 
 def rec_id_for(trigger: str) -> str:
     """Deterministic id, so a recommendation recomputed after a redelivery is recognisably the same."""
     return str(uuid.uuid5(_REC_NAMESPACE, trigger))
+
+
+def _rng(rec_id: str) -> np.random.Generator:
+    """Exploration draws seeded by the recommendation id: a recomputed answer explores the same way."""
+    return np.random.default_rng(int.from_bytes(hashlib.blake2b(rec_id.encode(), digest_size=8).digest(), "big"))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What a variant changes: exploration rate, ranking weights, interest centroids per user."""
+
+    variant: str
+    exploration_rate: float
+    weights: Weights
+    interest_clusters: int
 
 
 @dataclass(frozen=True)
@@ -94,7 +136,18 @@ class Recommender:
             session_weight=settings.session_weight,
         )
         self.weights = Weights(settings.weight_similarity, settings.weight_popularity, settings.weight_category)
+        self.cutoffs = RfmCutoffs(settings.rfm_recency_days, settings.rfm_frequency, settings.rfm_monetary)
+        self.purchase_model: PurchaseModel = load_purchase_model(settings.purchase_model_path)
+        self.blobs = StateBlobs(store)
+        self.clock = 0.0  # event time: the newest event seen (live: about now; a replay: then)
+        self.topics: Topics | None = None
+        self.arms: dict[str, Arm] = {}  # global bandit arms per topic
+        self.groups: InterestGroups | None = None
+        self.segment_counts: dict[str, int] = {}
+        self.segment_popularity: dict[str, Popularity] = {}
+        self.explored_slots = self.total_slots = 0  # for the exploration-rate metric
         self._load_catalog()
+        self._load_state()
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -123,6 +176,38 @@ class Recommender:
             if pop:
                 self.popularity.restore(point.id, float(pop[0]), float(pop[1]))
 
+    def _load_state(self) -> None:
+        """Topics, bandit arms and per-segment popularity from the state blobs."""
+        topics = self.blobs.get("topics")
+        if topics and topics["version"] == self.model_version:
+            self.topics = Topics.from_json(topics, self.items.records())
+            bandit = self.blobs.get("bandit") or {}
+            if bandit.get("version") == self.model_version:
+                self.arms = {t: Arm(*v) for t, v in bandit["arms"].items()}
+        for segment, counts in (self.blobs.get("segment_popularity") or {}).items():
+            pop = self.segment_popularity[segment] = Popularity(self.popularity.half_life_s)
+            for item_id, (count, updated) in counts.items():
+                pop.restore(item_id, count, updated)
+
+    def ensure_topics(self) -> Topics | None:
+        """Cluster the catalog into topics once it is big enough (once per encoder version)."""
+        if self.topics is not None and self.topics.version == self.model_version:
+            return self.topics
+        records = list(self.items.records())
+        if len(records) < 2 * self.settings.topics:
+            return None
+        with self._stage("topics"):
+            self.topics = Topics.build(records, self.settings.topics, self.model_version)
+        self.arms = {}
+        self.blobs.put("topics", self.topics.to_json())
+        self._save_arms()
+        log.info("catalog clustered into %d topics", len(self.topics.names))
+        return self.topics
+
+    def _save_arms(self) -> None:
+        self.blobs.put("bandit", {"version": self.model_version,
+                                  "arms": {t: [a.shown, a.rewarded] for t, a in self.arms.items()}})
+
     # ---- catalog -------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> CatalogChange:
         """Embed new or changed item text and upsert; deleted items leave retrieval at once."""
@@ -134,6 +219,8 @@ class Recommender:
             for i in deleted:
                 self.items.forget(i.item_id)
                 self.popularity.forget(i.item_id)
+                if self.topics is not None:
+                    self.topics.forget(i.item_id)
         texts = {i.item_id: item_text(i.title, i.category, i.description) for i in live}
         digests = {i.item_id: text_hash(texts[i.item_id], self.model_version) for i in live}
         existing = {p.id: p for p in self.store.retrieve(ITEMS, list(texts), with_vectors=True)}
@@ -150,43 +237,55 @@ class Recommender:
             points.append(Point(item.item_id, np.asarray(vector, dtype=np.float32), payload))
         if points:
             self.store.upsert(ITEMS, points)
-            for point in points:
-                p = point.payload
-                self.items.put(ItemRecord(point.id, point.vector, p["title"], p["category"], p["price"], p["in_stock"]))
+            records = [ItemRecord(p.id, p.vector, p.payload["title"], p.payload["category"], p.payload["price"],
+                                  p.payload["in_stock"]) for p in points]
+            for record in records:
+                self.items.put(record)
+            if self.topics is not None:
+                self.topics.assign(records)
         return CatalogChange(upserted=len(to_embed), unchanged=len(live) - len(to_embed), deleted=len(deleted))
 
-    def flush_popularity(self) -> int:
-        """Persist popularity into item payloads, so a restarted worker ranks the same way."""
+    def flush_state(self) -> int:
+        """Persist popularity (into item payloads) and per-segment popularity, so a restarted
+        worker ranks the same way. Bandit arms are saved with each batch that changes them."""
         snapshot = self.popularity.snapshot()
         present = {p.id for p in self.store.retrieve(ITEMS, list(snapshot))}
         for item_id in present:
             count, updated = snapshot[item_id]
             self.store.set_payload(ITEMS, item_id, {"popularity": [count, updated]})
+        self.blobs.put("segment_popularity", {
+            segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
+            for segment, pop in self.segment_popularity.items()
+        })
         return len(present)
 
     # ---- events ----------------------------------------------------------------------------
-    def process_events(self, events: Sequence[Event]) -> list[Recommendation]:
-        """Fold a batch of events into profiles, persist them, answer each user's last event.
+    def process_events(self, events: Sequence[Event]) -> list[Message]:
+        """Fold a batch of events into profiles, learn from feedback on explored items, re-segment,
+        persist, and answer each user's last event.
 
-        One recommendation per user per batch: it reflects all of that user's events in it.
-        A redelivered event (same event_id) changes no state but is answered again.
+        Returns the recommendations (one per user per batch: it reflects all of that user's events
+        in it) and the users' segment changes. A redelivered event (same event_id) changes no
+        state but is answered again.
         """
         if not events:
             return []
         with self._stage("load"):
             profiles = self.profiles.get_many(e.user_id for e in events)
             records = self.items.get_many(e.item_id for e in events if e.item_id)
+        before = dict(profiles)
         queries = [e for e in events if e.type is EventType.search and e.query]
         query_vectors = dict(zip((e.event_id for e in queries), self._encode([e.query for e in queries])))
         changed: dict[str, Profile] = {}
         last_event: dict[str, Event] = {}
+        arms_changed = False
         for event in events:
-            before = profiles[event.user_id]
+            profile = profiles[event.user_id]
             record = records.get(event.item_id) if event.item_id else None
             vector = record.vector if record is not None else query_vectors.get(event.event_id)
             ts = event.ts.timestamp()
             after = apply_event(
-                before,
+                profile,
                 event_id=event.event_id,
                 type=event.type,
                 ts=ts,
@@ -198,25 +297,75 @@ class Recommender:
                 price=event.price if event.price is not None else (record.price if record else None),
                 params=self.params,
             )
-            if after is not before:
+            if after is not profile:
+                self.clock = max(self.clock, ts)
+                exploring, feedback = attribute(after.exploring, rec_id=event.rec_id, item_id=event.item_id,
+                                                type=event.type)
+                if feedback is not None:
+                    self.arms = add_observation(self.arms, feedback.topic, feedback.shown, feedback.rewarded)
+                    personal = add_observation(after.topics, feedback.topic, feedback.shown, feedback.rewarded,
+                                               limit=MAX_PERSONAL_TOPICS)
+                    after = replace(after, exploring=exploring, topics=personal)
+                    arms_changed = True
                 profiles[event.user_id] = changed[event.user_id] = after
                 if record is not None and EVENT_WEIGHTS[event.type] > 0:
                     self.popularity.add(record.item_id, EVENT_WEIGHTS[event.type], ts)
+                if record is not None and event.type is EventType.purchase and after.segment is not None:
+                    self._segment_popularity(after.segment).add(record.item_id, 1.0, ts)
             if event.type is not EventType.impression:
                 last_event[event.user_id] = event
+        segment_changes = []
+        for user_id, profile in changed.items():
+            profile, change = self._resegment(profile, before[user_id].segment)
+            if change is not None:
+                profiles[user_id] = changed[user_id] = profile
+                segment_changes.append(change)
+        users = list(last_event)
+        answered = self._recommend_many(
+            [profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users),
+            rec_ids=[rec_id_for(f"event:{last_event[u].event_id}") for u in users],
+        )
+        recs = []
+        for user_id, (rec, explored) in zip(users, answered):
+            if explored:
+                profiles[user_id] = changed[user_id] = self._with_explored(profiles[user_id], explored)
+            recs.append(rec.model_copy(update={"trigger_event_id": last_event[user_id].event_id}))
         with self._stage("save"):
             self.profiles.save_many(list(changed.values()))
-        users = list(last_event)
-        recs = self._recommend_many(
-            [profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users)
+            if arms_changed:
+                self._save_arms()
+        return [*recs, *segment_changes]
+
+    def _segment_popularity(self, segment: str) -> Popularity:
+        if segment not in self.segment_popularity:
+            self.segment_popularity[segment] = Popularity(self.popularity.half_life_s)
+        return self.segment_popularity[segment]
+
+    def _resegment(self, profile: Profile, previous: str | None) -> tuple[Profile, SegmentChange | None]:
+        """The user's value segment at the event-time clock; a change when it differs from the
+        segment they had before this batch (a flip and back within one batch is no change)."""
+        now = max(self.clock, profile.rfm.last_purchase_ts or 0.0)
+        scored = rfm_score(profile.rfm, now, self.cutoffs)
+        profile = replace(profile, segment=scored.segment)
+        if scored.segment == previous:
+            return profile, None
+        if previous is not None and self.segment_counts.get(previous, 0) > 0:
+            self.segment_counts[previous] -= 1
+        self.segment_counts[scored.segment] = self.segment_counts.get(scored.segment, 0) + 1
+        group = self.groups.group_of(profile.long_term.direction())[0] \
+            if self.groups is not None and profile.long_term is not None and profile.long_term.direction() is not None \
+            else None
+        return profile, SegmentChange(
+            user_id=profile.user_id, segment=scored.segment, previous=previous, recency_days=scored.recency_days,
+            frequency=profile.rfm.purchases, monetary=round(profile.rfm.monetary, 2), r=scored.r, f=scored.f,
+            m=scored.m, purchase_probability=round(self.purchase_model.predict(profile.rfm, now), 4),
+            horizon_days=int(self.purchase_model.horizon_days), interest_group=group,
+            at=datetime.fromtimestamp(now, timezone.utc),
         )
-        return [
-            rec.model_copy(update={
-                "rec_id": rec_id_for(f"event:{last_event[u].event_id}"),
-                "trigger_event_id": last_event[u].event_id,
-            })
-            for u, rec in zip(users, recs)
-        ]
+
+    @staticmethod
+    def _with_explored(profile: Profile, explored: Sequence[ExploredSlot]) -> Profile:
+        return replace(profile, exploring=remember_explored(profile.exploring, explored))
 
     # ---- cold start --------------------------------------------------------------------------
     def seed_interests(self, intents: Sequence[Intent]) -> list[Recommendation]:
@@ -229,9 +378,12 @@ class Recommender:
             ts = (intent.ts or utcnow()).timestamp()
             profiles[intent.user_id] = apply_stated_interest(profiles[intent.user_id], vector, ts, self.params)
         users = list(dict.fromkeys(i.user_id for i in intents))
+        answered = self._recommend_many([profiles[u] for u in users], k=self.settings.default_k,
+                                        filters=[None] * len(users), rec_ids=[str(uuid.uuid4()) for _ in users])
+        for user_id, (_, explored) in zip(users, answered):
+            profiles[user_id] = self._with_explored(profiles[user_id], explored)
         self.profiles.save_many([profiles[u] for u in users])
-        recs = self._recommend_many([profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users))
-        return [r.model_copy(update={"rec_id": str(uuid.uuid4())}) for r in recs]
+        return [rec for rec, _ in answered]
 
     # ---- on demand -----------------------------------------------------------------------------
     def recommend(
@@ -239,25 +391,75 @@ class Recommender:
         request_id: str | None = None,
     ) -> Recommendation:
         profile = self.profiles.get(user_id)
-        rec = self._recommend_many([profile], k=k or self.settings.default_k, filters=[filters])[0]
         rec_id = rec_id_for(f"request:{request_id}") if request_id else str(uuid.uuid4())
-        return rec.model_copy(update={"rec_id": rec_id, "request_id": request_id})
+        rec, explored = self._recommend_many([profile], k=k or self.settings.default_k, filters=[filters],
+                                             rec_ids=[rec_id])[0]
+        if explored:  # feedback on what was explored must find it
+            self.profiles.save_many([self._with_explored(profile, explored)])
+        return rec.model_copy(update={"request_id": request_id})
 
     def profile(self, user_id: str) -> Profile:
         return self.profiles.get(user_id)
 
     def erase_users(self, erasures: Sequence[Erasure]) -> list[ErasureConfirmed]:
-        """Forget users: their profile (vectors, history, aggregates, event ids) leaves the store
-        and the cache. Popularity counts are anonymous aggregates and stay."""
+        """Forget users: their profile (vectors, history, aggregates, event ids, segment, bandit
+        arms, pending explored items) leaves the store and the cache. What stays is anonymous:
+        item popularity, global topic arms, per-segment popularity, group centroids."""
         confirmations = []
         for erasure in erasures:
-            erased = ["profile"] if self.profiles.delete(erasure.user_id) else []
+            erased = ["profile", "vectors", "segment", "bandit"] if self.profiles.delete(erasure.user_id) else []
             confirmations.append(ErasureConfirmed(erasure_id=erasure.erasure_id, user_id=erasure.user_id,
                                                   erased=erased, at=utcnow()))
         self.store.flush()
         return confirmations
 
+    # ---- interest groups and segments -------------------------------------------------------------
+    def refresh_groups(self) -> dict:
+        """Recompute the global interest groups from the stored user vectors and count users per
+        value segment (one scroll of the users collection; runs on a timer, off the event path)."""
+        vectors, counts = [], {}
+        for point in self.store.scroll(USERS, with_vectors=True):
+            state = json.loads(point.payload["state"])
+            segment = state.get("segment") or "prospect"
+            counts[segment] = counts.get(segment, 0) + 1
+            if state.get("long_term") is not None:
+                vectors.append(point.vector)
+        self.segment_counts = counts
+        fitted = InterestGroups.fit(np.asarray(vectors, dtype=np.float32), list(self.items.records()),
+                                    self.settings.interest_groups, time.time())
+        if fitted is not None:
+            self.groups = fitted
+        return self.status()
+
+    def status(self) -> dict:
+        return {
+            "segments": dict(sorted(self.segment_counts.items(), key=lambda kv: -kv[1])),
+            "interest_groups": self.groups.summary() if self.groups is not None else [],
+            "topics": len(self.topics.names) if self.topics is not None else 0,
+            "exploration_rate": self.explored_slots / self.total_slots if self.total_slots else 0.0,
+            "bandit": {
+                t: {"name": self.topics.name(t), "shown": a.shown, "rewarded": a.rewarded}
+                for t, a in sorted(self.arms.items()) if self.topics is not None
+            },
+        }
+
     # ---- retrieval and ranking -------------------------------------------------------------------
+    def strategy(self, user_id: str) -> Strategy:
+        """The user's A/B variant and the settings it overrides."""
+        variant = assign_variant(user_id, self.settings.ab_variants, self.settings.ab_salt)
+        spec = self.settings.ab_variants.get(variant) or VariantSpec(weight=1.0)
+        s = self.settings
+        return Strategy(
+            variant=variant,
+            exploration_rate=s.exploration_rate if spec.exploration_rate is None else spec.exploration_rate,
+            weights=Weights(
+                s.weight_similarity if spec.weight_similarity is None else spec.weight_similarity,
+                s.weight_popularity if spec.weight_popularity is None else spec.weight_popularity,
+                s.weight_category if spec.weight_category is None else spec.weight_category,
+            ),
+            interest_clusters=s.interest_clusters if spec.interest_clusters is None else spec.interest_clusters,
+        )
+
     def _store_filter(self, profile: Profile, filters: RequestFilters | None) -> Filter:
         equals: dict = {"in_stock": True}
         ranges: dict = {}
@@ -269,62 +471,152 @@ class Recommender:
         exclude = profile.purchased if self.settings.exclude_purchased else ()
         return Filter(equals=equals, exclude_ids=tuple(exclude), ranges=ranges)
 
+    def _queries(self, profile: Profile, clusters: int) -> list[np.ndarray]:
+        """The vectors to retrieve with: the blended interest, then (PinnerSage-style) the medoid
+        of each of the user's distinct recent interests, so one strong interest cannot crowd out
+        the others."""
+        main = query_vector(profile, self.params)
+        if main is None:
+            return []
+        if clusters <= 1 or len(profile.recent) < 2:
+            return [main]
+        records = self.items.get_many(r.item_id for r in profile.recent)
+        now = max(self.clock, profile.recent[-1].ts)
+        recent = [(r, w) for r, w in zip(profile.recent, recent_weights(profile, now, self.params))
+                  if r.item_id in records]
+        if len(recent) < 2:
+            return [main]
+        centroids = interest_centroids([r.item_id for r, _ in recent], np.stack([records[r.item_id].vector for r, _ in recent]),
+                                       [w for _, w in recent], max_clusters=clusters)
+        return [main] + [c.vector for c in centroids] if len(centroids) > 1 else [main]
+
     def _recommend_many(
-        self, profiles: Sequence[Profile], *, k: int, filters: Sequence[RequestFilters | None]
-    ) -> list[Recommendation]:
+        self, profiles: Sequence[Profile], *, k: int, filters: Sequence[RequestFilters | None],
+        rec_ids: Sequence[str],
+    ) -> list[tuple[Recommendation, list[ExploredSlot]]]:
         limit = max(self.settings.candidates, k)
-        queries = [query_vector(p, self.params) for p in profiles]
-        with_vector = [i for i, q in enumerate(queries) if q is not None]
-        hits_by_index: dict[int, list[Candidate]] = {}
-        if with_vector:
+        strategies = [self.strategy(p.user_id) for p in profiles]
+        queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
+        flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
+        hits_by_index: dict[int, dict[str, Candidate]] = {}
+        if flat:
+            store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 batch = self.store.search_batch(
-                    ITEMS,
-                    np.stack([queries[i] for i in with_vector]),
-                    limit,
-                    filters=[self._store_filter(profiles[i], filters[i]) for i in with_vector],
+                    ITEMS, np.stack([q for _, q in flat]), limit, filters=[store_filters[i] for i, _ in flat]
                 )
-            for i, hits in zip(with_vector, batch):
+            for (i, _), hits in zip(flat, batch):
                 records = self.items.get_many(h.id for h in hits)
-                hits_by_index[i] = [
-                    Candidate(h.id, h.score, records[h.id].vector if h.id in records else None,
-                              h.payload.get("title", h.id), h.payload.get("category"))
-                    for h in hits
-                ]
+                merged = hits_by_index.setdefault(i, {})
+                for h in hits:
+                    if h.id not in merged or merged[h.id].similarity < h.score:
+                        record = records.get(h.id)
+                        merged[h.id] = Candidate(h.id, h.score, record.vector if record else None,
+                                                 h.payload.get("title", h.id), h.payload.get("category"),
+                                                 h.payload.get("price"))
+        topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
         out = []
         for i, profile in enumerate(profiles):
-            candidates = hits_by_index.get(i)
-            if candidates is None:
-                candidates = self._popular_candidates(profile, filters[i], limit)
-            evidence_records = self.items.get_many(r.item_id for r in profile.recent)
-            evidence = Evidence(
-                recent=profile.recent,
-                vectors={i_: r.vector for i_, r in evidence_records.items()},
-                titles={i_: r.title for i_, r in evidence_records.items()},
-                stated_interest=profile.stated_interest,
-            )
+            strategy, rec_id = strategies[i], rec_ids[i]
+            candidates = list(hits_by_index[i].values()) if i in hits_by_index else \
+                self._popular_candidates(profile, filters[i], limit)
+            weights = strategy.weights
+            boost = self.settings.segment_price_boost.get(profile.segment or "", 0.0)
+            if boost:
+                weights = replace(weights, price=boost)
             ranked = rank(
                 candidates,
                 k=k,
                 popularity=self.popularity.values([c.item_id for c in candidates]),
                 category_affinity=category_affinity(profile),
-                evidence=evidence,
-                weights=self.weights,
+                weights=weights,
             )
-            out.append(
-                Recommendation(
-                    rec_id="",
-                    user_id=profile.user_id,
-                    items=[
-                        RecommendedItem(item_id=r.item_id, score=round(r.score, 6), position=n, reason=r.reason)
-                        for n, r in enumerate(ranked, start=1)
-                    ],
-                    model_version=self.model_version,
-                    generated_at=now,
-                )
-            )
+            slots, explored = self._explore(profile, ranked, k, strategy, topics, filters[i], queries[i], rec_id)
+            self.total_slots += len(slots)
+            self.explored_slots += len(explored)
+            evidence = self._evidence(profile)
+            items = []
+            for n, (entry, topic) in enumerate(slots, start=1):
+                c = entry.candidate
+                reason = explain(c.item_id, c.title, c.vector, evidence, entry.popularity,
+                                 explored_topic=topics.name(topic) if topic is not None and topics else None)
+                items.append(RecommendedItem(item_id=c.item_id, score=round(entry.score, 6), position=n,
+                                             reason=reason, explore=topic is not None))
+            out.append((
+                Recommendation(rec_id=rec_id, user_id=profile.user_id, items=items, model_version=self.model_version,
+                               variant=strategy.variant, generated_at=now),
+                explored,
+            ))
         return out
+
+    def _evidence(self, profile: Profile) -> Evidence:
+        records = self.items.get_many(r.item_id for r in profile.recent)
+        group_name = group_centroid = None
+        direction = profile.long_term.direction() if profile.long_term is not None else None
+        if self.groups is not None and direction is not None:
+            group_name, group_centroid = self.groups.group_of(direction)
+        popular = self.segment_popularity.get(profile.segment or "")
+        return Evidence(
+            recent=profile.recent,
+            vectors={i: r.vector for i, r in records.items()},
+            titles={i: r.title for i, r in records.items()},
+            stated_interest=profile.stated_interest,
+            group_name=group_name,
+            group_centroid=group_centroid,
+            segment=profile.segment,
+            segment_popular=frozenset(popular.top(SEGMENT_POPULAR)) if popular is not None else frozenset(),
+        )
+
+    def _explore(
+        self, profile: Profile, ranked: list[Ranked], k: int, strategy: Strategy, topics: Topics | None,
+        filters: RequestFilters | None, queries: list[np.ndarray], rec_id: str,
+    ) -> tuple[list[tuple[Ranked, str | None]], list[ExploredSlot]]:
+        """Give some of the k slots to topics new to the user, chosen by Thompson sampling; each
+        explored slot holds the topic's item closest to the user's interest (or its most popular
+        item for a user with none yet) that passes the same filters."""
+        plain: list[tuple[Ranked, str | None]] = [(r, None) for r in ranked]
+        if topics is None or strategy.exploration_rate <= 0 or not ranked:
+            return plain, []
+        rng = _rng(rec_id)
+        n = explore_count(min(k, len(ranked)), strategy.exploration_rate, rng)
+        if n == 0:
+            return plain, []
+        known = {topics.of(r.item_id) for r in profile.recent} | {topics.of(r.item_id) for r in ranked}
+        candidates = [t for t in topics.ids if t not in known]
+        chosen = choose_topics(candidates, self.arms, profile.topics, n, rng,
+                               prior_strength=self.settings.exploration_prior_strength)
+        store_filter = self._store_filter(profile, filters)
+        taken = {r.item_id for r in ranked} | set(store_filter.exclude_ids)
+        picks: list[tuple[Ranked, str]] = []
+        for topic in chosen:
+            ids, matrix = topics.members(topic)
+            if not ids:
+                continue
+            if queries:
+                order = np.argsort(-(matrix @ queries[0]))
+            else:
+                pops = self.popularity.values(ids)
+                order = sorted(range(len(ids)), key=lambda j: -pops[ids[j]])
+            for j in order[:200]:
+                item_id = ids[j]
+                if item_id in taken:
+                    continue
+                record = self.items.get_many([item_id]).get(item_id)
+                if record is None or not _passes(record, store_filter):
+                    continue
+                sim = float(record.vector @ queries[0]) if queries else 0.0
+                picks.append((Ranked(Candidate(item_id, sim, record.vector, record.title, record.category,
+                                               record.price), sim, 0.0), topic))
+                taken.add(item_id)
+                break
+        if not picks:
+            return plain, []
+        positions = set(rng.choice(len(ranked), size=len(picks), replace=False).tolist())
+        exploit = iter(plain)
+        explore = iter(picks)
+        slots = [next(explore) if n in positions else next(exploit) for n in range(len(ranked))]
+        return slots, [ExploredSlot(rec_id, r.item_id, topic) for r, topic in picks]
 
     def _popular_candidates(self, profile: Profile, filters: RequestFilters | None, limit: int) -> list[Candidate]:
         """For a user with no interest vector yet: the most popular items that pass the filters."""
@@ -335,7 +627,7 @@ class Recommender:
             record = self.items.get_many([item_id]).get(item_id)
             if record is None or item_id in excluded or not _passes(record, store_filter):
                 continue
-            out.append(Candidate(item_id, 0.0, record.vector, record.title, record.category))
+            out.append(Candidate(item_id, 0.0, record.vector, record.title, record.category, record.price))
             if len(out) >= limit:
                 break
         return out

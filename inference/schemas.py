@@ -3,16 +3,23 @@
 One module that `stream/`, `inference/` and `training/` all import, so it imports nothing
 heavier than pydantic. Unknown extra fields are ignored; missing or mistyped required fields
 raise `pydantic.ValidationError`, which the worker turns into a dead-letter record.
+
+Bytes from a topic go through `Message.from_wire`, which validates in pydantic's strict JSON mode:
+`"3"`, `3.0` or `true` for an integer, `"yes"` for a boolean, a number for a timestamp are errors,
+not coerced. Python constructors (`Event(...)`, `model_validate(dict)`) stay lax, because our own
+code builds messages from numpy and pandas values; timestamps and the schema version are checked
+the same way in both.
 """
 
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -21,13 +28,58 @@ MAX_ID_LEN = 128
 MAX_TEXT_LEN = 4_000
 MAX_K = 200
 
+# RFC 3339 section 5.6 date-time; its note allows a space for the "T", and both letters in either case.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """Parse an RFC 3339 string ourselves: pydantic would also take 1304244000 or "1304244000" as
+    Unix time, even in strict mode, and a string handed on by a validator is Python input, which
+    strict mode refuses to turn into a datetime."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"a timestamp must be an RFC 3339 string such as 2011-05-01T10:00:00Z, not {type(value).__name__}")
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value[:40]!r} is not an RFC 3339 timestamp such as 2011-05-01T10:00:00Z")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    try:
+        offset = timedelta(0) if zulu else (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m))
+        micro = int((fraction or "0")[:6].ljust(6, "0"))  # finer digits are dropped, as pydantic does
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, timezone(offset))
+    except ValueError as exc:
+        raise ValueError(f"{value[:40]!r} is not a valid date and time: {exc}") from None
+
+
+def _exact_version(value: object) -> object:
+    # Literal[1] compares by equality, so true and 1.0 would pass as 1, even in strict mode.
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"schema must be the integer {SCHEMA_VERSION}, not {value!r}")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+"""An aware datetime, given as an RFC 3339 string on the wire (DESIGN.md §3)."""
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_exact_version)]
+
 
 class Message(BaseModel):
     """Base of every message: ignore unknown fields, reject wrong types, carry the schema version."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    schema_: Literal[1] = Field(alias="schema", default=SCHEMA_VERSION)
+    schema_: SchemaVersion = Field(alias="schema", default=SCHEMA_VERSION)
+
+    @classmethod
+    def from_wire(cls, raw: bytes | str) -> Self:
+        """Validate one message as it came from a topic: strict JSON mode, so mistyped values are
+        errors (DESIGN.md §3). Enum values and RFC 3339 strings are JSON's own spelling of those
+        types, and strict JSON mode accepts them. Raises `pydantic.ValidationError`."""
+        return cls.model_validate_json(raw, strict=True)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
@@ -49,11 +101,11 @@ class EventType(str, Enum):
 class Event(Message):
     """A clickstream event on `streamrec.events`, keyed by user id."""
 
-    schema_: Literal[1] = Field(alias="schema")
+    schema_: SchemaVersion = Field(alias="schema")
     event_id: str = Id
     user_id: str = Id
     type: EventType
-    ts: AwareDatetime
+    ts: Timestamp
     item_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LEN)
     quantity: int = Field(default=1, ge=1, le=100_000)
     price: float | None = Field(default=None, ge=0, le=1e9)
@@ -74,7 +126,7 @@ class Event(Message):
 class Item(Message):
     """A catalog update on `streamrec.items`, keyed by item id. `deleted` removes it."""
 
-    schema_: Literal[1] = Field(alias="schema")
+    schema_: SchemaVersion = Field(alias="schema")
     item_id: str = Id
     title: str = Field(max_length=MAX_TEXT_LEN)
     description: str | None = Field(default=None, max_length=MAX_TEXT_LEN)
@@ -94,10 +146,10 @@ class Item(Message):
 class Intent(Message):
     """A user's own words about what they like, on `streamrec.intents`. Embedded, never stored."""
 
-    schema_: Literal[1] = Field(alias="schema")
+    schema_: SchemaVersion = Field(alias="schema")
     user_id: str = Id
     text: str = Field(min_length=1, max_length=MAX_TEXT_LEN)
-    ts: AwareDatetime | None = None
+    ts: Timestamp | None = None
 
 
 class RequestFilters(BaseModel):
@@ -111,7 +163,7 @@ class RequestFilters(BaseModel):
 class Request(Message):
     """An on-demand request for recommendations, on `streamrec.requests`, keyed by user id."""
 
-    schema_: Literal[1] = Field(alias="schema")
+    schema_: SchemaVersion = Field(alias="schema")
     request_id: str = Id
     user_id: str = Id
     k: int = Field(default=10, ge=1, le=MAX_K)
@@ -138,7 +190,7 @@ class Recommendation(Message):
     items: list[RecommendedItem]
     model_version: str
     variant: str | None = None
-    generated_at: AwareDatetime
+    generated_at: Timestamp
 
 
 class DeadLetter(Message):
@@ -150,7 +202,7 @@ class DeadLetter(Message):
     key: str | None = None  # base64 of the original key bytes
     value: str | None = None  # base64 of the original value bytes
     error: str
-    at: AwareDatetime
+    at: Timestamp
 
     @staticmethod
     def encode_bytes(raw: bytes | None) -> str | None:
@@ -160,7 +212,7 @@ class DeadLetter(Message):
 class Erasure(Message):
     """A request to forget a user, on `streamrec.erasures`, keyed by user id."""
 
-    schema_: Literal[1] = Field(alias="schema")
+    schema_: SchemaVersion = Field(alias="schema")
     erasure_id: str = Id
     user_id: str = Id
 
@@ -171,7 +223,7 @@ class ErasureConfirmed(Message):
     erasure_id: str
     user_id: str
     erased: list[str]  # what held state for the user and was cleared, e.g. ["profile"]
-    at: AwareDatetime
+    at: Timestamp
 
 
 class ModelUpdate(Message):
@@ -180,7 +232,26 @@ class ModelUpdate(Message):
     version: str
     path: str
     dim: int
-    at: AwareDatetime
+    at: Timestamp
+
+
+class SegmentChange(Message):
+    """Published on `streamrec.segments` (keyed by user id) when a user's value segment changes:
+    the new and previous segment, the RFM evidence, the purchase probability and interest group."""
+
+    user_id: str
+    segment: str
+    previous: str | None = None
+    recency_days: float | None = None
+    frequency: int
+    monetary: float
+    r: int
+    f: int
+    m: int
+    purchase_probability: float | None = None  # of a purchase in the model's horizon (days)
+    horizon_days: int | None = None
+    interest_group: str | None = None
+    at: Timestamp  # event time of the event that changed it
 
 
 def utcnow() -> datetime:
@@ -197,6 +268,7 @@ TOPIC_MESSAGES: dict[str, type[Message]] = {
     "erasures": Erasure,
     "erasures-confirmed": ErasureConfirmed,
     "model-updates": ModelUpdate,
+    "segments": SegmentChange,
 }
 """Topic suffix (after the prefix) → the model its values must satisfy."""
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.experiments import VariantSpec
+from inference.segments import SEGMENTS
 
 
 class InferenceSettings(BaseSettings):
@@ -64,3 +67,62 @@ class InferenceSettings(BaseSettings):
         description="If set, stored state is keyed by HMAC-SHA256(key, user id) instead of the user id "
         "(messages keep the ids the shop sent). Changing it orphans existing profiles.",
     )
+
+    exploration_rate: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Share of recommendation slots that explore a topic new to the user (Thompson sampling).",
+    )
+    exploration_prior_strength: float = Field(
+        default=20.0, ge=0, description="How many observations the global topic rate is worth in a user's posterior."
+    )
+    topics: int = Field(
+        default=24, ge=2, le=1000, description="Catalog topics (k-means over item vectors): the exploration arms."
+    )
+    interest_clusters: int = Field(
+        default=3, ge=1, le=8,
+        description="Interest centroids per user (PinnerSage-style medoids of recent items) retrieved from; 1: off.",
+    )
+    interest_groups: int = Field(
+        default=8, ge=2, le=256, description="Global interest groups: k-means over user vectors, named from items."
+    )
+    rfm_recency_days: list[float] = Field(
+        default=[14.0, 32.0, 71.0, 179.0], min_length=4, max_length=4,
+        description="Days since the last purchase at which R drops from 5 to 4, 3, 2, 1 (JSON list).",
+    )
+    rfm_frequency: list[float] = Field(
+        default=[14.0, 29.0, 58.0, 121.0], min_length=4, max_length=4,
+        description="Purchase lines at which F rises from 1 to 2, 3, 4, 5 (JSON list).",
+    )
+    rfm_monetary: list[float] = Field(
+        default=[250.0, 485.0, 925.0, 2045.0], min_length=4, max_length=4,
+        description="Spend at which M rises from 1 to 2, 3, 4, 5 (JSON list).",
+    )
+    segment_price_boost: dict[str, float] = Field(
+        default={},
+        description='Ranking weight of (log) price per value segment, e.g. {"champions": 0.1} (JSON object).',
+    )
+    purchase_model_path: Path | None = Field(
+        default=None,
+        description="Purchase-probability model JSON (`streamrec purchase-model`). Unset: the shipped one.",
+    )
+    ab_variants: dict[str, VariantSpec] = Field(
+        default={},
+        description='A/B variants, e.g. {"control": {"weight": 1}, "explore": {"weight": 1, "exploration_rate": 0.3}} '
+        "(JSON; each may override exploration_rate, weight_* and interest_clusters). Empty: one variant, default.",
+    )
+    ab_salt: str = Field(default="streamrec", description="Salt of the variant assignment hash; change it to reshuffle.")
+
+    @field_validator("rfm_recency_days", "rfm_frequency", "rfm_monetary")
+    @classmethod
+    def _ascending(cls, cutoffs: list[float]) -> list[float]:
+        if any(b < a for a, b in zip(cutoffs, cutoffs[1:])):
+            raise ValueError(f"cutoffs must be ascending, got {cutoffs}")
+        return cutoffs
+
+    @field_validator("segment_price_boost")
+    @classmethod
+    def _known_segments(cls, boost: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(boost) - set(SEGMENTS))
+        if unknown:
+            raise ValueError(f"unknown segments {unknown}; known: {', '.join(SEGMENTS)}")
+        return boost

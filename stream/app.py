@@ -19,7 +19,19 @@ from faust.exceptions import ConsumerNotStarted
 from faust.web import Request as WebRequest, Response, View
 
 from inference.recommender import Recommender
-from inference.schemas import DeadLetter, Erasure, Event, Intent, Item, Message, Request, RequestFilters, utcnow
+from inference.schemas import (
+    DeadLetter,
+    Erasure,
+    Event,
+    Intent,
+    Item,
+    Message,
+    Recommendation,
+    Request,
+    RequestFilters,
+    SegmentChange,
+    utcnow,
+)
 from inference.store import StoreError
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
@@ -69,6 +81,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     events_topic, items_topic = raw_topic("events"), raw_topic("items")
     intents_topic, requests_topic = raw_topic("intents"), raw_topic("requests")
     recommendations_topic, deadletter_topic = raw_topic("recommendations"), raw_topic("deadletter")
+    segments_topic = raw_topic("segments")
     erasures_topic, erasures_confirmed_topic = raw_topic("erasures"), raw_topic("erasures-confirmed")
 
     async def in_executor(fn: Callable, *args: Any):
@@ -131,18 +144,28 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 await dead_letter(event, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
         return _concat(results)
 
-    async def publish(recs, published_at: dict[str, float] | None = None) -> None:
-        """Send, then wait for the broker's acks: the batch's offsets are acked only after this."""
-        pending = [await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
-                   for rec in recs or ()]
+    async def publish(messages, published_at: dict[str, float] | None = None) -> None:
+        """Send recommendations and segment changes, then wait for the broker's acks: the batch's
+        offsets are acked only after this."""
+        recs = [m for m in messages or () if isinstance(m, Recommendation)]
+        changes = [m for m in messages or () if isinstance(m, SegmentChange)]
+        pending = [await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes()) for rec in recs]
+        pending += [await segments_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in changes]
         await asyncio.gather(*pending)
-        state.published += len(pending)
+        state.published += len(recs)
         now = time.time()
-        for rec in recs or ():
+        for rec in recs:
+            variant = rec.variant or "default"
+            state.slots[variant] += len(rec.items)
+            state.explored[variant] += sum(item.explore for item in rec.items)
             if published_at and rec.trigger_event_id in published_at:
                 latency = max(now - published_at[rec.trigger_event_id], 0.0)
                 metrics.freshness.observe(latency)
                 state.freshness.append((now, latency))
+        for change in changes:
+            state.segment_changes[change.segment] += 1
+        if changes:
+            state.segments = dict(recommender.segment_counts)
 
     async def until_done(what: str, body: Callable[[], Awaitable[None]]) -> None:
         """Retry a batch's whole handling until it succeeds. Faust acks a batch even when its
@@ -217,8 +240,20 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     app.agent(requests_topic, name="streamrec.on_requests")(batches("requests", Request, handle_requests))
 
     @app.timer(interval=settings.popularity_flush_s)
-    async def persist_popularity():
-        await in_executor(recommender.flush_popularity)
+    async def persist_state():
+        await in_executor(recommender.flush_state)
+
+    async def refresh_groups() -> None:
+        summary = await in_executor(recommender.refresh_groups)
+        state.segments = summary["segments"]
+
+    @app.task
+    async def first_groups():
+        """Groups and segment counts from what is stored, soon after start (then on the timer)."""
+        await asyncio.sleep(2.0)
+        await refresh_groups()
+
+    app.timer(interval=settings.groups_refresh_s)(refresh_groups)
 
     @app.timer(interval=5.0)
     async def measure_lag():
@@ -297,6 +332,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 "healthy": state.healthy,
                 "model_version": recommender.model_version,
                 "items_cached": len(recommender.items),
+                "exploration_rate": {v: round(state.explored[v] / n, 4) for v, n in state.slots.items() if n},
+                **recommender.status(),
             })
 
     return app

@@ -38,7 +38,7 @@ def _worker(args: argparse.Namespace) -> int:
         worker.execute_from_commandline()
     finally:
         # A clean stop persists the popularity counted since the last timer flush.
-        recommender.flush_popularity()
+        recommender.flush_state()
         recommender.store.close()
     return 0
 
@@ -131,6 +131,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _purchase_model(args: argparse.Namespace) -> int:
+    from training.purchase_probability import run
+
+    return run(args)
+
+
+def _ab_report(args: argparse.Namespace) -> int:
+    from stream.ab_report import run
+
+    return run(args)
+
+
 def _settings(args: argparse.Namespace) -> int:
     from stream.settings_doc import settings_markdown, with_settings_block
 
@@ -188,6 +200,26 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="offline protocol: streamrec vs popularity, co-occurrence, RecBole SASRec")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=_evaluate)
+
+    from training.purchase_probability import add_arguments as add_purchase_model_arguments
+
+    pm = sub.add_parser("purchase-model",
+                        help="fit and validate the purchase-probability model (RFM logistic regression) on Online Retail")
+    add_purchase_model_arguments(pm)
+    pm.set_defaults(func=_purchase_model)
+
+    from stream.ab_report import add_arguments as add_ab_report_arguments
+
+    ab = sub.add_parser("ab-report", help="per-variant impressions, CTR, conversion and revenue with 95%% intervals")
+    add_ab_report_arguments(ab)
+    ab.set_defaults(func=_ab_report)
+
+    from training import exploration_sim
+
+    xs = sub.add_parser("explore-sim", help="offline replay on Online Retail: does the exploration bandit find "
+                        "users' new interests sooner than pure exploitation, and at what NDCG@10 cost")
+    exploration_sim.add_arguments(xs)
+    xs.set_defaults(func=exploration_sim.run)
 
     s = sub.add_parser("settings", help="print every setting with its environment variable and default")
     s.add_argument("--readme", type=Path, default=None, help="rewrite the settings block of this README instead")

@@ -1,17 +1,19 @@
 """Turning raw Kafka bytes into validated messages, or into a reason they were rejected.
 
 Pure: no Kafka here, so every rejection rule is unit-tested. The worker dead-letters whatever
-`decode` rejects, with the reason code (for counting) and a readable detail.
+`decode` rejects, with the reason code (for counting) and a readable detail. Validation is
+strict (`Message.from_wire`): a mistyped value is `invalid`, never coerced.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Generic, TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from inference.schemas import Message
 
@@ -21,7 +23,7 @@ M = TypeVar("M", bound=Message)
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 256 * 1024
-    max_depth: int = 32
+    max_depth: int = 32  # the parser itself stops at 200 levels, whatever this says
     max_future_skew_s: float = 86_400.0
 
 
@@ -39,9 +41,10 @@ class Accepted(Generic[M]):
     message: M
 
 
-def json_depth(value: object) -> int:
-    """Nesting depth of decoded JSON, without recursion (hostile input can be very deep)."""
-    depth, stack = 0, [(value, 1)]
+def _scan(value: object) -> tuple[int, bool]:
+    """Nesting depth of decoded JSON and whether it holds a NaN or an infinity, in one pass and
+    without recursion (hostile input can be very deep)."""
+    depth, non_finite, stack = 0, False, [(value, 1)]
     while stack:
         node, d = stack.pop()
         if isinstance(node, dict):
@@ -50,7 +53,27 @@ def json_depth(value: object) -> int:
         elif isinstance(node, list):
             depth = max(depth, d)
             stack.extend((v, d + 1) for v in node)
-    return depth
+        elif isinstance(node, float) and not math.isfinite(node):
+            non_finite = True
+    return depth, non_finite
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of decoded JSON, without recursion (hostile input can be very deep)."""
+    return _scan(value)[0]
+
+
+def _non_finite_path(value: object, path: str = "") -> str | None:
+    """Where the first NaN or infinity sits in decoded JSON, e.g. "context.x[2]". Called only for
+    a rejected message whose depth was already checked, so the recursion is bounded."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "message")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found = _non_finite_path(child, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key)
+        if found:
+            return found
+    return None
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -71,19 +94,28 @@ def decode(raw: bytes | None, model: type[M], limits: Limits, now: datetime | No
     except UnicodeDecodeError as exc:
         return Rejected("not_utf8", str(exc)[:200])
     try:
-        data = json.loads(text)
-    except RecursionError:
-        return Rejected("too_deep", f"nesting deeper than the parser allows (limit {limits.max_depth})")
+        # The parser pydantic validates with (jiter), so both passes read the same document: the
+        # same winner among duplicate keys, the same refusal of lone surrogate escapes.
+        data = from_json(text, allow_inf_nan=True, cache_strings="keys")
     except ValueError as exc:
+        if "recursion limit" in str(exc):
+            return Rejected("too_deep", f"nesting deeper than the parser's 200 levels (limit {limits.max_depth})")
         return Rejected("not_json", str(exc)[:200])
     if not isinstance(data, dict):
         return Rejected("not_object", f"expected a JSON object, got {type(data).__name__}")
-    depth = json_depth(data)
+    depth, non_finite = _scan(data)
     if depth > limits.max_depth:
         return Rejected("too_deep", f"nesting depth {depth} > limit {limits.max_depth}")
+    if non_finite:
+        # NaN and Infinity are not JSON (RFC 8259 section 6) and 1e400 overflows to infinity: refused
+        # anywhere in the message, not only where a bounded field happens to catch them.
+        where = str(_non_finite_path(data))[:200]
+        return Rejected("not_json", f"{where}: NaN, Infinity and numbers beyond the double range are not accepted")
     try:
-        message = model.model_validate(data)
+        message = model.from_wire(text)
     except ValidationError as exc:
+        if all(err["type"] == "json_invalid" for err in exc.errors()):
+            return Rejected("not_json", _validation_detail(exc))
         return Rejected("invalid", _validation_detail(exc))
     ts = getattr(message, "ts", None)
     if ts is not None:

@@ -33,6 +33,10 @@ class WorkerState:
     last_error: str | None = None
     consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)
     freshness: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (wall time, seconds)
+    slots: Counter = field(default_factory=Counter)  # recommended slots by variant
+    explored: Counter = field(default_factory=Counter)  # of which explored, by variant
+    segment_changes: Counter = field(default_factory=Counter)  # by new segment
+    segments: dict[str, int] = field(default_factory=dict)  # users per segment at the last count
 
     def freshness_summary(self, window_s: float = 60.0) -> dict:
         """p50/p99 freshness in milliseconds over the last `window_s` seconds (for /stats, /status)."""
@@ -68,7 +72,25 @@ class _StateCollector:
                                 labels=["topic", "partition"])
         for (topic, partition), n in self._state.consumer_lag.items():
             lag.add_metric([topic, str(partition)], n)
-        yield from (events, messages, dead, published, model, healthy, lag)
+        slots = CounterMetricFamily("streamrec_recommended_slots", "Recommended item slots, by A/B variant.",
+                                    labels=["variant"])
+        explored = CounterMetricFamily("streamrec_explored_slots", "Slots given to exploration, by A/B variant.",
+                                       labels=["variant"])
+        rate = GaugeMetricFamily("streamrec_exploration_rate", "Explored / recommended slots since start.",
+                                 labels=["variant"])
+        for variant, n in self._state.slots.items():
+            slots.add_metric([variant], n)
+            explored.add_metric([variant], self._state.explored[variant])
+            rate.add_metric([variant], self._state.explored[variant] / n if n else 0.0)
+        changes = CounterMetricFamily("streamrec_segment_changes", "Segment changes published, by new segment.",
+                                      labels=["segment"])
+        for segment, n in self._state.segment_changes.items():
+            changes.add_metric([segment], n)
+        users = GaugeMetricFamily("streamrec_segment_users", "Users per value segment at the last count.",
+                                  labels=["segment"])
+        for segment, n in self._state.segments.items():
+            users.add_metric([segment], n)
+        yield from (events, messages, dead, published, model, healthy, lag, slots, explored, rate, changes, users)
 
 
 class WorkerMetrics:

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 TOPICS = ("events", "items", "intents", "requests", "erasures",
-          "recommendations", "deadletter", "erasures-confirmed")
+          "recommendations", "segments", "deadletter", "erasures-confirmed")
 """Suffixes of the topics a worker reads or writes (the prefix is a setting)."""
 
 
@@ -63,11 +63,15 @@ class StreamSettings(BaseSettings):
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger messages are dead-lettered unread."
     )
-    max_json_depth: int = Field(default=32, ge=2, description="Deeper JSON nesting is dead-lettered.")
+    max_json_depth: int = Field(default=32, ge=2, le=200, description="Deeper JSON nesting is dead-lettered (at most 200: the parser's own limit).")
     max_future_skew_s: float = Field(
         default=86_400.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )
     popularity_flush_s: float = Field(default=10.0, gt=0, description="How often popularity is persisted.")
+    groups_refresh_s: float = Field(
+        default=300.0, gt=0,
+        description="How often interest groups (k-means over user vectors) and segment counts are recomputed.",
+    )
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> StreamSettings:

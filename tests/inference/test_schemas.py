@@ -1,5 +1,7 @@
 import json
+from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -22,6 +24,8 @@ def test_event_round_trips_and_ignores_unknown_fields():
     {"ts": "2011-01-02T10:00:00"},  # no time zone: not RFC 3339
     {"quantity": -1}, {"quantity": "many"}, {"price": -3}, {"schema": 2}, {"item_id": None},
     {"user_id": "x" * 500},
+    {"ts": 1_294_000_000}, {"ts": "1294000000"}, {"ts": "2011-01-02T10:00Z"}, {"ts": "2011-02-30T10:00:00Z"},
+    {"ts": "2011-01-02T10:00:00+24:00"}, {"schema": True}, {"schema": 1.0},
 ])
 def test_event_rejects_bad_fields(change):
     data = {**GOOD_EVENT, **change}
@@ -60,3 +64,35 @@ def test_intent_request_and_outputs():
     assert json.loads(rec.to_bytes())["schema"] == 1
     dl = DeadLetter(topic="t", partition=0, offset=3, value=DeadLetter.encode_bytes(b"\xff"), error="x", at=utcnow())
     assert dl.value == "/w=="
+
+
+def test_from_wire_is_strict():
+    wire = json.dumps(GOOD_EVENT)
+    assert Event.from_wire(wire) == Event.model_validate(GOOD_EVENT)
+    for change in ({"quantity": "2"}, {"quantity": 2.0}, {"price": "2.55"}, {"price": True}):
+        with pytest.raises(ValidationError):
+            Event.from_wire(json.dumps({**GOOD_EVENT, **change}))
+    with pytest.raises(ValidationError):
+        Item.from_wire(json.dumps({"schema": 1, "item_id": "i", "title": "t", "in_stock": "yes"}))
+    with pytest.raises(ValidationError):
+        Request.from_wire(json.dumps({"schema": 1, "request_id": "r", "user_id": "u", "filters": {"max_price": "5"}}))
+    assert Request.from_wire(json.dumps({"schema": 1, "request_id": "r", "user_id": "u", "filters": {"max_price": 5}})).filters.max_price == 5
+
+
+def test_python_construction_stays_lax_for_numpy_values():
+    event = Event(schema=1, event_id="e", user_id="u", type="view", item_id="i", quantity=np.int64(3),
+                  price=np.float32(2.5), ts=datetime(2011, 1, 2, tzinfo=timezone.utc))
+    assert event.quantity == 3 and event.price == 2.5
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2011-01-02T10:00:00Z", datetime(2011, 1, 2, 10, tzinfo=timezone.utc)),
+    ("2011-01-02t10:00:00z", datetime(2011, 1, 2, 10, tzinfo=timezone.utc)),
+    ("2011-01-02 12:30:00+02:30", datetime(2011, 1, 2, 10, tzinfo=timezone.utc)),
+    ("2011-01-02T09:00:00.25-01:00", datetime(2011, 1, 2, 10, 0, 0, 250_000, tzinfo=timezone.utc)),
+    ("2011-01-02T10:00:00.1234567Z", datetime(2011, 1, 2, 10, 0, 0, 123_456, tzinfo=timezone.utc)),
+])
+def test_rfc3339_timestamps(text, expected):
+    ts = Event.from_wire(json.dumps({**GOOD_EVENT, "ts": text})).ts
+    assert ts == expected and ts.utcoffset() is not None
+    assert Event.from_wire(Event.model_validate({**GOOD_EVENT, "ts": text}).to_bytes()).ts == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from inference.profile_store import USERS, pseudonymiser
@@ -37,7 +38,8 @@ def test_erasure_removes_the_profile_everywhere_and_ids_are_pseudonymised(broker
         d.send("erasures", "customer-forget-me", Erasure(schema=1, erasure_id="er-1", user_id="customer-forget-me"))
         message = confirmed.until(lambda ms: len(ms) >= 1)[0]
         confirmation = ErasureConfirmed.model_validate_json(message.value)
-        assert (confirmation.erasure_id, confirmation.user_id, confirmation.erased) == ("er-1", "customer-forget-me", ["profile"])
+        assert (confirmation.erasure_id, confirmation.user_id) == ("er-1", "customer-forget-me")
+        assert "profile" in confirmation.erased
         after = worker.get("/recommendations/customer-forget-me?k=10")
         assert "i1" in {i["item_id"] for i in after["items"]}, "after erasure the user is a stranger again"
         worker.stop()
@@ -48,5 +50,8 @@ def test_erasure_removes_the_profile_everywhere_and_ids_are_pseudonymised(broker
         with open_store(url=None, api_key=None, data_dir=d.root / "state") as store:
             assert store.retrieve(USERS, [hashed("customer-forget-me")]) == []
             assert len(store.retrieve(USERS, [hashed("customer-keep-me")])) == 1
+            for collection in ("users", "items", "state"):  # nor anywhere else, hashed or not
+                for point in store.scroll(collection):
+                    assert hashed("customer-forget-me") not in json.dumps(point.payload) + point.id
     finally:
         d.close()

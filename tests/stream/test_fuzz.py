@@ -14,7 +14,7 @@ message), then sends the batch without waiting. The outer test then waits for th
 checks the stream-level properties on everything that was sent.
 
 Besides the broker test, cheap in-process checks pin down how the decoder treats a few
-ambiguous inputs (xfail(strict=True) where the current behaviour contradicts the contract).
+ambiguous inputs: non-standard literals and values that lax validation would coerce.
 """
 
 from __future__ import annotations
@@ -174,17 +174,20 @@ def good_message(topic: str, seed: int, pool: Pool) -> Msg:
 
 REQUIRED = {"events": ("schema", "event_id", "user_id", "type", "ts"), "items": ("schema", "item_id", "title"),
             "intents": ("schema", "user_id", "text"), "requests": ("schema", "request_id", "user_id")}
-# Values that pydantic's lax mode cannot coerce into the field's type (bools and numeric strings
-# ARE coerced into numbers, see test_mistyped_values_are_rejected_not_coerced).
+# Values of the wrong type or out of bounds. Decoding is strict, so this includes what lax
+# validation would coerce: numeric strings, bools and integral floats for numbers, numbers for
+# timestamps and flags (see test_mistyped_values_are_rejected_not_coerced).
 WRONG = {
-    "schema": [2, 0, -1, "1", "one", None, [], {}],
+    "schema": [2, 0, -1, "1", "one", None, [], {}, True, 1.0],
     "event_id": [5, 1.5, True, None, [], {}, ""], "user_id": [5, True, None, ["u"], {"u": 1}, "   "],
     "item_id": [5, [], {}], "request_id": [7, None, []], "title": [5, None, ["t"]], "text": [5, None, "", {"t": 1}],
     "type": ["VIEW", "buy", "", 3, None, ["view"]],
-    "ts": ["yesterday", "2011-05-01T10:00:00", "2011-05-01", "", None, True, [], {}, "2011-13-45T99:99:99Z"],
-    "quantity": [0, -1, -(10**9), 100_001, 1.5, "three", [], {}], "price": [-0.01, -5, 1e10, "cheap", [], {}],
-    "k": [0, -3, 201, 10**9, 2.5, "ten", []], "filters": [[], "cheap", 5, {"max_price": -1}, {"min_price": "x"}],
-    "context": [[1], "ctx", 5], "in_stock": ["maybe", [], {}], "session_id": [5, [], {}],
+    "ts": ["yesterday", "2011-05-01T10:00:00", "2011-05-01", "", None, True, [], {}, "2011-13-45T99:99:99Z",
+           1_304_244_000, 1.3e9, "1304244000"],
+    "quantity": [0, -1, -(10**9), 100_001, 1.5, "three", [], {}, "3", 3.0, True], "price": [-0.01, -5, 1e10, "cheap", [], {}, "2.5", True],
+    "k": [0, -3, 201, 10**9, 2.5, "ten", [], "10", 10.0, True],
+    "filters": [[], "cheap", 5, {"max_price": -1}, {"min_price": "x"}, {"max_price": "5"}, {"max_price": True}],
+    "context": [[1], "ctx", 5], "in_stock": ["maybe", [], {}, "yes", "true", 1, 0], "session_id": [5, [], {}],
 }
 OPTIONAL_BY_TOPIC = {"events": ("item_id", "quantity", "price", "context", "session_id"),
                      "items": ("price", "in_stock"), "intents": (), "requests": ("k", "filters")}
@@ -250,11 +253,14 @@ def malformed_message(kind: str, topic: str, seed: int, pool: Pool) -> Msg:
         full = _dumps(doc, rng.random() < 0.5)
         at = rng.randint(0, len(full))
         raw, reasons = full[:at] + b"\x00" + full[at:], {"not_json", "not_utf8"}  # may split a character
-    elif kind == "non_finite":
-        literal = rng.choice(["NaN", "Infinity", "-Infinity"])
-        field = {"events": rng.choice(["quantity", "price"]), "items": "price", "requests": "k", "intents": "schema"}[topic]
+    elif kind == "non_finite":  # not JSON (RFC 8259), or beyond a double: refused in any field
+        literal = rng.choice(["NaN", "Infinity", "-Infinity", "1e400", "-1e999"])
+        field = {"events": rng.choice(["quantity", "price", "context"]), "items": rng.choice(["price", "attributes"]),
+                 "requests": rng.choice(["k", "filters"]), "intents": rng.choice(["schema", "extra"])}[topic]
+        if field in ("context", "attributes", "filters"):
+            literal = f'{{"max_price": [1, {literal}]}}'
         pairs = [(k, json.dumps(v)) for k, v in doc.items() if k != field] + [(field, literal)]
-        raw, reasons = _raw_object(pairs), {"invalid"}
+        raw, reasons = _raw_object(pairs), {"not_json"}
     elif kind == "duplicate_key_last_invalid":
         field = rng.choice([f for f in REQUIRED[topic] if f in WRONG])
         pairs = [(k, json.dumps(v)) for k, v in doc.items()] + [(field, json.dumps(rng.choice(WRONG[field])))]
@@ -431,20 +437,43 @@ def _b64(text: str | None) -> bytes | None:
 GOOD_EVENT = {"schema": 1, "event_id": "e", "user_id": "u", "type": "view", "ts": TS, "item_id": "i"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stream/intake.py decodes with json.loads, which accepts the non-standard literals NaN, Infinity "
-    "and -Infinity (RFC 8259 has none); they are rejected only where a typed, bounded field sees them"))
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+# RFC 8259 has no NaN or Infinity; Python's json module and jiter (allow_inf_nan) both read them,
+# and 1e400 is valid syntax that overflows a double. Refused anywhere, even in free-form context.
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_standard_json_literals_are_not_json(literal):
     raw = _raw_object([(k, json.dumps(v)) for k, v in GOOD_EVENT.items()] + [("context", f'{{"x": {literal}}}')])
     result = decode(raw, Event, LIMITS)
-    assert isinstance(result, Rejected) and result.reason == "not_json"
+    assert isinstance(result, Rejected) and result.reason == "not_json" and "context.x" in result.detail, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inference/schemas.py validates in pydantic's lax mode: a JSON boolean or number is coerced "
-    "into a mistyped field (DESIGN.md 3: mistyped required fields are errors; timestamps are RFC 3339 strings)"))
-@pytest.mark.parametrize("field,value", [("schema", True), ("quantity", True), ("price", True), ("ts", 1_304_244_000)])
+# DESIGN.md 3: mistyped required fields are errors, timestamps are RFC 3339 strings. Lax validation
+# coerced every one of these; pydantic's strict mode alone still takes true and 1.0 for Literal[1]
+# and "1304244000" as Unix time.
+@pytest.mark.parametrize("field,value", [
+    ("schema", True), ("schema", 1.0), ("quantity", True), ("quantity", "3"), ("quantity", 3.0),
+    ("price", True), ("price", "2.5"), ("ts", 1_304_244_000), ("ts", "1304244000"), ("ts", 1.3e9),
+])
 def test_mistyped_values_are_rejected_not_coerced(field, value):
     result = decode(json.dumps({**GOOD_EVENT, field: value}).encode(), Event, LIMITS)
-    assert isinstance(result, Rejected) and result.reason == "invalid"
+    assert isinstance(result, Rejected) and result.reason == "invalid" and field in result.detail, result
+
+
+@pytest.mark.parametrize("raw", [
+    {"schema": 1, "item_id": "i", "title": "t", "in_stock": "yes"},
+    {"schema": 1, "item_id": "i", "title": "t", "deleted": 1},
+])
+def test_mistyped_flags_are_rejected(raw):
+    assert decode(json.dumps(raw).encode(), Item, LIMITS).reason == "invalid"
+
+
+@pytest.mark.parametrize("doc", [
+    {**GOOD_EVENT, "type": "purchase", "quantity": 3, "price": 2},  # an integer is a valid number
+    {**GOOD_EVENT, "ts": "2011-05-01T12:00:00.123456789+02:00"},
+    {**GOOD_EVENT, "ts": "2011-05-01t10:00:00z"},  # RFC 3339 5.6: either case
+    {**GOOD_EVENT, "ts": "2011-05-01 10:00:00Z"},  # RFC 3339 5.6 note: a space for readability
+])
+def test_strict_decoding_still_accepts_json_spellings(doc):
+    result = decode(json.dumps(doc).encode(), Event, LIMITS)
+    assert isinstance(result, Accepted), result
+    assert result.message.ts == datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc) + (
+        timedelta(microseconds=123456) if "123" in doc["ts"] else timedelta(0))

@@ -33,6 +33,17 @@ def test_good_message_is_accepted():
     (b"[" * 100_000 + b"]" * 100_000, "too_large"),
     (json.dumps({**GOOD, "type": "nope"}).encode(), "invalid"),
     (json.dumps({**GOOD, "ts": "2026-06-01T00:00:00Z"}).encode(), "future_ts"),
+    # strict: what lax validation would coerce is a mistyped value
+    (json.dumps({**GOOD, "quantity": "3"}).encode(), "invalid"),
+    (json.dumps({**GOOD, "quantity": 3.0}).encode(), "invalid"),
+    (json.dumps({**GOOD, "schema": True}).encode(), "invalid"),
+    (json.dumps({**GOOD, "ts": "1767222000"}).encode(), "invalid"),
+    # NaN and Infinity are not JSON, wherever they are; 1e400 overflows to infinity
+    (json.dumps({**GOOD, "context": {"x": float("nan")}}).encode(), "not_json"),
+    (json.dumps({**GOOD, "price": float("-inf")}).encode(), "not_json"),
+    (json.dumps(GOOD).replace('"view"', '"view", "price": 1e400').encode(), "not_json"),
+    # a lone surrogate escape is no Unicode text; the validating parser refuses it too
+    (json.dumps(GOOD).replace('"u"', '"\\ud800"').encode(), "not_json"),
 ])
 def test_rejections_carry_a_reason(raw, expected):
     assert reason(raw) == expected
@@ -41,6 +52,19 @@ def test_rejections_carry_a_reason(raw, expected):
 def test_parser_recursion_limit_is_a_rejection_not_a_crash():
     deep = b"[" * 50_000 + b"]" * 50_000
     assert decode(deep, Event, Limits(max_bytes=10**6, max_depth=8), now=NOW).reason == "too_deep"
+    nested = json.dumps({**GOOD, "context": {"a": 1}}).replace('{"a": 1}', "[" * 300 + "]" * 300).encode()
+    assert decode(nested, Event, Limits(max_bytes=10**6, max_depth=1000), now=NOW).reason == "too_deep"
+
+
+def test_non_finite_detail_names_where():
+    result = decode(json.dumps({**GOOD, "context": {"x": [1, float("nan")]}}).encode(), Event, LIMITS, now=NOW)
+    assert result.detail.startswith("context.x[1]:")
+
+
+def test_duplicate_keys_last_one_wins():
+    raw = b'{"user_id": 5, ' + json.dumps(GOOD)[1:].encode()
+    assert decode(raw, Event, LIMITS, now=NOW).message.user_id == "u"
+    assert reason(json.dumps(GOOD)[:-1].encode() + b', "user_id": 5}') == "invalid"
 
 
 def test_invalid_detail_names_the_field():

@@ -1,0 +1,203 @@
+"""The engine as a library, on the tiny ONNX encoder and a real embedded Qdrant: exploration and
+its feedback loop, value segments, explanations, A/B variants, interest groups, erasure."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.exploration import Arm
+from inference.recommender import Recommender
+from inference.schemas import Erasure, Event, EventType, Intent, Item, Recommendation, SegmentChange
+from inference.settings import InferenceSettings
+from inference.store import open_store
+
+T0 = datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc)
+WORDS = ["teacup", "candle", "doormat", "lantern", "notebook", "apron", "clock", "basket"]
+ITEMS = [Item(schema=1, item_id=f"i{n}", title=f"{WORDS[n % 8]} {WORDS[(n // 8) % 8]} model {n}", price=1.0 + n)
+         for n in range(64)]
+
+
+def settings(tmp_path: Path, **kw) -> InferenceSettings:
+    base = dict(data_dir=tmp_path, topics=6, interest_groups=2, exploration_rate=0.3,
+                rfm_frequency=[2, 3, 4, 5], rfm_monetary=[5, 10, 20, 40])
+    return InferenceSettings(**{**base, **kw})
+
+
+def open_engine(tmp_path: Path, tiny_encoder, **kw) -> Recommender:
+    s = settings(tmp_path, **kw)
+    return Recommender(tiny_encoder, open_store(url=None, api_key=None, data_dir=s.data_dir), s)
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_encoder):
+    r = open_engine(tmp_path, tiny_encoder)
+    r.upsert_items(ITEMS)
+    yield r
+    r.store.close()
+
+
+def ev(n, user, item, type=EventType.purchase, minutes=0, rec_id=None, price=5.0):
+    return Event(schema=1, event_id=f"{user}-e{n}", user_id=user, type=type, ts=T0 + timedelta(minutes=minutes),
+                 item_id=item, quantity=1, price=price, rec_id=rec_id)
+
+
+def recs(messages) -> list[Recommendation]:
+    return [m for m in messages if isinstance(m, Recommendation)]
+
+
+def test_explored_slots_are_marked_new_to_the_user_and_explained(engine):
+    seen_explore = 0
+    for n in range(12):
+        user = f"u{n}"
+        rec = recs(engine.process_events([ev(0, user, "i1"), ev(1, user, "i9", minutes=1)]))[0]
+        assert len(rec.items) == 10 and [i.position for i in rec.items] == list(range(1, 11))
+        known = {engine.topics.of("i1"), engine.topics.of("i9")}
+        for item in rec.items:
+            if item.explore:
+                seen_explore += 1
+                assert engine.topics.of(item.item_id) not in known
+                assert item.reason.startswith("something new to explore: ")
+                assert engine.topics.name(engine.topics.of(item.item_id)) in item.reason
+            assert item.item_id not in {"i1", "i9"}
+        assert len({i.item_id for i in rec.items}) == len(rec.items)
+    assert seen_explore > 0
+    assert 0 < engine.status()["exploration_rate"] < 0.7
+
+
+def test_a_click_on_an_explored_item_updates_the_bandit_once(engine):
+    rec = None
+    for n in range(30):  # find a recommendation that explored
+        rec = recs(engine.process_events([ev(0, f"c{n}", "i2")]))[0]
+        if any(i.explore for i in rec.items):
+            break
+    explored = next(i for i in rec.items if i.explore)
+    topic = engine.topics.of(explored.item_id)
+    user = rec.user_id
+    before = engine.arms.get(topic, Arm())
+    engine.process_events([ev(10, user, explored.item_id, EventType.impression, 1, rec_id=rec.rec_id)])
+    assert engine.arms[topic] == Arm(before.shown + 1, before.rewarded)
+    click = ev(11, user, explored.item_id, EventType.click, 2, rec_id=rec.rec_id)
+    engine.process_events([click])
+    assert engine.arms[topic] == Arm(before.shown + 1, before.rewarded + 1)
+    assert engine.profile(user).topics[topic] == Arm(1, 1)
+    engine.process_events([click])  # redelivered: nothing twice
+    engine.process_events([ev(12, user, explored.item_id, EventType.purchase, 3, rec_id=rec.rec_id)])
+    assert engine.arms[topic] == Arm(before.shown + 1, before.rewarded + 1)
+    # a click on an exploited item of the same recommendation teaches the bandit nothing
+    exploited = next(i for i in rec.items if not i.explore)
+    engine.process_events([ev(13, user, exploited.item_id, EventType.click, 4, rec_id=rec.rec_id)])
+    assert engine.arms[topic] == Arm(before.shown + 1, before.rewarded + 1)
+
+
+def test_bandit_and_topics_survive_a_restart(tmp_path, tiny_encoder):
+    engine = open_engine(tmp_path, tiny_encoder)
+    engine.upsert_items(ITEMS)
+    rec = next(r for n in range(30) for r in recs(engine.process_events([ev(0, f"r{n}", "i3")]))
+               if any(i.explore for i in r.items))
+    explored = next(i for i in rec.items if i.explore)
+    engine.process_events([ev(1, rec.user_id, explored.item_id, EventType.click, 1, rec_id=rec.rec_id)])
+    arms, names = dict(engine.arms), list(engine.topics.names)
+    engine.store.close()
+    again = open_engine(tmp_path, tiny_encoder)
+    try:
+        assert again.arms == arms and again.topics.names == names
+        assert again.topics.of(explored.item_id) == engine.topics.of(explored.item_id)
+        assert again.profile(rec.user_id).topics == engine.profile(rec.user_id).topics
+    finally:
+        again.store.close()
+
+
+def test_segments_change_after_the_right_purchases(engine):
+    user = "shopper"
+    out = engine.process_events([ev(0, user, "i1", EventType.view)])
+    changes = [m for m in out if isinstance(m, SegmentChange)]
+    assert [(c.segment, c.previous) for c in changes] == [("prospect", None)]
+    out = engine.process_events([ev(1, user, "i2", minutes=1)])
+    (change,) = [m for m in out if isinstance(m, SegmentChange)]
+    assert (change.segment, change.previous, change.f) == ("new", "prospect", 1)
+    assert 0.0 <= change.purchase_probability <= 1.0 and change.horizon_days == 30
+    out = engine.process_events([ev(2, user, "i3", minutes=2)])  # f = 2: potential loyalist
+    assert [(c.segment, c.previous) for c in out if isinstance(c, SegmentChange)] == [("potential_loyalist", "new")]
+    out = engine.process_events([ev(3, user, "i4", minutes=3, price=1.0)])  # f = 3, still potential? no: loyal
+    assert [c.segment for c in out if isinstance(c, SegmentChange)] == ["loyal"]
+    out = engine.process_events([ev(4, user, "i6", minutes=4, price=50.0)])  # f = 4: champions
+    assert [c.segment for c in out if isinstance(c, SegmentChange)] == ["champions"]
+    out = engine.process_events([ev(5, user, "i7", EventType.view, minutes=5)])  # a view changes nothing
+    assert not [c for c in out if isinstance(c, SegmentChange)]
+    assert engine.profile(user).segment == "champions"
+    assert engine.status()["segments"]["champions"] == 1
+
+
+def test_every_reason_cites_something_true_of_the_user(engine):
+    engine.seed_interests([Intent(schema=1, user_id="talker", text="teacup and candle lover")])
+    engine.process_events([ev(0, "talker", "i0", EventType.view), ev(1, "talker", "i17", minutes=1)])
+    for n in range(20):
+        engine.process_events([ev(0, f"g{n}", f"i{n}"), ev(1, f"g{n}", f"i{n + 8}", minutes=1)])
+    engine.refresh_groups()
+    assert engine.groups is not None
+    for user in ["talker", "g1", "g5", "newcomer"]:
+        rec = engine.recommend(user)
+        profile = engine.profile(user)
+        titles = {r.item_id: engine.items.get_many([r.item_id])[r.item_id].title for r in profile.recent}
+        for item in rec.items:
+            reason = item.reason
+            if reason.startswith("because you "):
+                cited = reason.split('"')[1]
+                assert cited in titles.values(), (user, reason)
+            elif reason.startswith("something new to explore"):
+                assert item.explore
+            elif reason == "matches the interests you told us about":
+                assert profile.stated_interest
+            elif reason.startswith("popular with shoppers who like"):
+                assert reason.split('"')[1] == engine.groups.group_of(profile.long_term.direction())[0]
+            elif reason.startswith("popular with our"):
+                assert profile.segment and profile.segment.replace("_", " ") in reason
+            elif reason == "close to your recent activity":
+                assert profile.recent
+            else:
+                assert reason in ("popular with shoppers right now", "new in the catalog"), reason
+
+
+def test_ab_variants_are_recorded_and_change_the_strategy(tmp_path, tiny_encoder):
+    engine = open_engine(tmp_path, tiny_encoder, exploration_rate=0.0, ab_variants={
+        "control": {"weight": 1}, "explore": {"weight": 1, "exploration_rate": 1.0}})
+    engine.upsert_items(ITEMS)
+    try:
+        by_variant: dict[str, list[Recommendation]] = {}
+        for n in range(16):
+            rec = recs(engine.process_events([ev(0, f"ab{n}", "i4")]))[0]
+            assert rec.variant == engine.strategy(rec.user_id).variant
+            by_variant.setdefault(rec.variant, []).append(rec)
+        assert set(by_variant) == {"control", "explore"}
+        assert not any(i.explore for r in by_variant["control"] for i in r.items)
+        assert all(any(i.explore for i in r.items) for r in by_variant["explore"])
+    finally:
+        engine.store.close()
+
+
+def test_interest_centroids_retrieve_around_each_interest(engine):
+    user = "two-hobbies"
+    engine.process_events([ev(n, user, item, EventType.view, n) for n, item in enumerate(["i0", "i8", "i3", "i11"])])
+    queries = engine._queries(engine.profile(user), 3)
+    assert 1 <= len(queries) <= 4
+    assert all(np.isclose(np.linalg.norm(q), 1.0, atol=1e-4) for q in queries)
+
+
+def test_an_erased_user_leaves_nothing_behind(engine):
+    user = "forget-me"
+    rec = recs(engine.process_events([ev(0, user, "i1"), ev(1, user, "i2", minutes=1)]))[0]
+    for item in rec.items[:3]:
+        engine.process_events([ev(int(item.position) + 10, user, item.item_id, EventType.click, 2, rec_id=rec.rec_id)])
+    engine.flush_state()
+    (confirmed,) = engine.erase_users([Erasure(schema=1, erasure_id="x1", user_id=user)])
+    assert "profile" in confirmed.erased
+    for collection in ("users", "items", "state"):
+        for point in engine.store.scroll(collection):
+            assert user not in json.dumps(point.payload), (collection, point.id)
+            assert user != point.id
+    assert engine.profile(user).events == 0

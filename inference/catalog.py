@@ -43,8 +43,10 @@ class ItemRecord:
 
 
 def item_payload(item: Item, digest: str) -> dict:
+    """The stored payload; `text` is what was embedded, so a model swap can re-embed it exactly."""
     return {
         "title": item.title,
+        "text": item_text(item.title, item.category, item.description),
         "category": item.category,
         "price": item.price,
         "in_stock": item.in_stock,

@@ -78,6 +78,7 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
         "events": profile.events,
         "stated_interest": profile.stated_interest,
         "segment": profile.segment,
+        "space": profile.space,
         "topics": {t: [a.shown, a.rewarded] for t, a in profile.topics.items()},
         "exploring": [[e.rec_id, e.item_id, e.topic, e.impressed, e.rewarded] for e in profile.exploring],
     }
@@ -103,6 +104,7 @@ def profile_from_point(point: Point) -> Profile:
         events=int(state["events"]),
         stated_interest=bool(state["stated_interest"]),
         segment=state.get("segment"),
+        space=state.get("space"),
         topics={str(t): Arm(float(a), float(b)) for t, (a, b) in state.get("topics", {}).items()},
         exploring=tuple(ExploredSlot(r, i, t, bool(im), bool(rw)) for r, i, t, im, rw in state.get("exploring", ())),
     )

@@ -93,6 +93,7 @@ class Profile:
     segment: str | None = None  # the value segment last published for the user
     topics: dict[str, Arm] = field(default_factory=dict)  # the user's own exploration arms
     exploring: tuple[ExploredSlot, ...] = ()  # explored items still waiting for feedback
+    space: str | None = None  # the encoder version whose space the vectors live in (None: the first)
 
 
 def decay(dt_s: float, half_life_s: float) -> float:
@@ -233,3 +234,26 @@ def category_affinity(profile: Profile) -> dict[str, float]:
 def recent_weights(profile: Profile, now: float, params: ProfileParams) -> list[float]:
     """How much each recent item speaks for the user now: its event weight, decayed by age."""
     return [max(EVENT_WEIGHTS[r.type], 0.5) * decay(now - r.ts, params.long_term_half_life_s) for r in profile.recent]
+
+
+def rebuild_interests(profile: Profile, vectors: dict[str, np.ndarray], space: str, params: ProfileParams) -> Profile:
+    """Re-express a profile's interest vectors in another encoder's space after a model swap.
+
+    The decayed sums cannot be translated, so they are refolded from the recent items (their new
+    vectors, event weights and times); the session keeps the items since its last gap. A stated
+    interest's text was never stored, so its contribution is lost: the flag stays, the vector goes.
+    """
+    long_term = session = None
+    previous_ts = None
+    for item in profile.recent:
+        vector, weight = vectors.get(item.item_id), EVENT_WEIGHTS[item.type]
+        if previous_ts is not None and item.ts - previous_ts > params.session_gap_s:
+            session = None
+        previous_ts = item.ts
+        if vector is None or weight <= 0:
+            continue
+        long_term = fold(long_term, vector, weight, item.ts, params.long_term_half_life_s)
+        session = fold(session, vector, weight, item.ts, params.session_half_life_s)
+    if profile.session is None:
+        session = None
+    return replace(profile, long_term=long_term, session=session, space=space)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -54,6 +55,7 @@ from inference.profiles import (
     apply_stated_interest,
     category_affinity,
     query_vector,
+    rebuild_interests,
     recent_weights,
 )
 from inference.purchase_probability import PurchaseModel, load_purchase_model
@@ -106,6 +108,34 @@ class Strategy:
     interest_clusters: int
 
 
+class ModelSwapError(ValueError):
+    """A model update that cannot be served (e.g. another vector dimension)."""
+
+
+@dataclass
+class SwapPlan:
+    """What a hot swap to `encoder` must do: the catalog's payloads, the vectors it can reuse from
+    the target collection (same text under the same model), and the texts it must embed."""
+
+    encoder: TextEncoder
+    path: str | None
+    collection: str
+    payloads: dict[str, dict]
+    reused: dict[str, np.ndarray]
+    to_embed: list[str]
+    texts: list[str]
+
+
+def _collection_for(version: str) -> str:
+    """The items collection of a model version: a valid store name, unique per version."""
+    digest = hashlib.blake2b(version.encode(), digest_size=4).hexdigest()
+    return f"{ITEMS}.{re.sub(r'[^A-Za-z0-9_.-]', '-', version)[:80]}.{digest}"
+
+
+def _payload_text(payload: dict) -> str:
+    return payload.get("text") or item_text(payload.get("title", ""), payload.get("category"))
+
+
 @dataclass(frozen=True)
 class CatalogChange:
     upserted: int
@@ -113,21 +143,25 @@ class CatalogChange:
     deleted: int
 
 
+def _ensure_items_collection(store: VectorStore, name: str, dim: int) -> None:
+    store.ensure_collection(name, dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",))
+
+
 class Recommender:
-    def __init__(self, encoder: TextEncoder, store: VectorStore, settings: InferenceSettings):
+    def __init__(self, encoder: TextEncoder, store: VectorStore, settings: InferenceSettings, *,
+                 items_collection: str = ITEMS):
         self.encoder, self.store, self.settings = encoder, store, settings
         self.on_stage: Callable[[str, float], None] | None = None  # told how long each stage took
         self.dim = encoder.dim
-        store.ensure_collection(
-            ITEMS, self.dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",)
-        )
+        self.items_collection = items_collection
+        _ensure_items_collection(store, items_collection, self.dim)
         key = settings.pseudonymisation_key
         self.profiles = ProfileRepository(
             store, self.dim, capacity=settings.profile_cache_size,
             stored_id=pseudonymiser(key.get_secret_value().encode() if key else None),
         )
         store.ensure_collection(USERS, self.dim)
-        self.items = ItemCache(store)
+        self.items = ItemCache(store, items_collection)
         self.popularity = Popularity(settings.popularity_half_life_days * 86_400)
         self.params = ProfileParams(
             long_term_half_life_s=settings.long_term_half_life_days * 86_400,
@@ -146,6 +180,12 @@ class Recommender:
         self.segment_counts: dict[str, int] = {}
         self.segment_popularity: dict[str, Popularity] = {}
         self.explored_slots = self.total_slots = 0  # for the exploration-rate metric
+        self._changed_during_swap: set[str] | None = None  # item ids touched while a swap encodes
+        serving = self.blobs.get("serving")
+        if serving is None:  # the first model this store serves: its profiles carry no space tag
+            serving = {"first_version": self.model_version, "collections": {self.model_version: items_collection}}
+            self.blobs.put("serving", {**serving, "version": self.model_version, "path": None})
+        self.first_version = serving["first_version"]
         self._load_catalog()
         self._load_state()
 
@@ -170,7 +210,7 @@ class Recommender:
 
     def _load_catalog(self) -> None:
         """Warm the item cache and restore persisted popularity (one scroll at start-up)."""
-        for point in self.store.scroll(ITEMS, with_vectors=True):
+        for point in self.store.scroll(self.items_collection, with_vectors=True):
             self.items.put(record_from_point(point))
             pop = point.payload.get("popularity")
             if pop:
@@ -178,12 +218,12 @@ class Recommender:
 
     def _load_state(self) -> None:
         """Topics, bandit arms and per-segment popularity from the state blobs."""
-        topics = self.blobs.get("topics")
-        if topics and topics["version"] == self.model_version:
+        topics = self.blobs.get(f"topics:{self.model_version}")
+        self.topics, self.arms = None, {}
+        if topics:
             self.topics = Topics.from_json(topics, self.items.records())
-            bandit = self.blobs.get("bandit") or {}
-            if bandit.get("version") == self.model_version:
-                self.arms = {t: Arm(*v) for t, v in bandit["arms"].items()}
+            bandit = self.blobs.get(f"bandit:{self.model_version}") or {}
+            self.arms = {t: Arm(*v) for t, v in bandit.get("arms", {}).items()}
         for segment, counts in (self.blobs.get("segment_popularity") or {}).items():
             pop = self.segment_popularity[segment] = Popularity(self.popularity.half_life_s)
             for item_id, (count, updated) in counts.items():
@@ -199,14 +239,102 @@ class Recommender:
         with self._stage("topics"):
             self.topics = Topics.build(records, self.settings.topics, self.model_version)
         self.arms = {}
-        self.blobs.put("topics", self.topics.to_json())
+        self.blobs.put(f"topics:{self.model_version}", self.topics.to_json())
         self._save_arms()
         log.info("catalog clustered into %d topics", len(self.topics.names))
         return self.topics
 
     def _save_arms(self) -> None:
-        self.blobs.put("bandit", {"version": self.model_version,
-                                  "arms": {t: [a.shown, a.rewarded] for t, a in self.arms.items()}})
+        self.blobs.put(f"bandit:{self.model_version}",
+                       {"arms": {t: [a.shown, a.rewarded] for t, a in self.arms.items()}})
+
+    # ---- model swap ----------------------------------------------------------------------
+    def plan_swap(self, encoder: TextEncoder, path: str | None = None) -> SwapPlan:
+        """Step 1 of a hot swap (recommender thread, quick): the target collection and what the
+        new model must embed. Items changed from now on are noted and redone in step 3."""
+        if encoder.dim != self.dim:
+            raise ModelSwapError(f"model {encoder.version} has dimension {encoder.dim}, the served one {self.dim}: "
+                                 "a dimension change needs a new deployment (fresh users collection)")
+        serving = self.blobs.get("serving")
+        collection = serving["collections"].get(encoder.version) or _collection_for(encoder.version)
+        _ensure_items_collection(self.store, collection, self.dim)
+        payloads = {p.id: p.payload for p in self.store.scroll(self.items_collection)}
+        reused: dict[str, np.ndarray] = {}
+        ids = list(payloads)
+        for start in range(0, len(ids), 1000):
+            for point in self.store.retrieve(collection, ids[start:start + 1000], with_vectors=True):
+                if point.payload.get("text_hash") == text_hash(_payload_text(payloads[point.id]), encoder.version):
+                    reused[point.id] = point.vector
+        to_embed = [i for i in ids if i not in reused]
+        self._changed_during_swap = set()
+        return SwapPlan(encoder, path, collection, payloads, reused, to_embed,
+                        [_payload_text(payloads[i]) for i in to_embed])
+
+    def finish_swap(self, plan: SwapPlan, vectors: np.ndarray) -> dict:
+        """Step 3 (recommender thread): redo items changed while step 2 embedded, write the new
+        collection, then switch encoder, collection, topics and bandit between two batches."""
+        changed, self._changed_during_swap = self._changed_during_swap or set(), None
+        current = {p.id: p.payload for p in self.store.retrieve(self.items_collection, list(changed))}
+        payloads = {i: p for i, p in plan.payloads.items() if i not in changed or i in current}
+        payloads.update(current)
+        new_vectors = {**plan.reused, **dict(zip(plan.to_embed, vectors))}
+        redo = list(current)
+        if redo:
+            new_vectors.update(zip(redo, plan.encoder.encode([_payload_text(current[i]) for i in redo])))
+        version = plan.encoder.version
+        points = [Point(i, np.asarray(new_vectors[i], dtype=np.float32),
+                        {**p, "text": _payload_text(p),
+                         "text_hash": text_hash(_payload_text(p), version)})
+                  for i, p in payloads.items()]
+        for start in range(0, len(points), 1000):
+            self.store.upsert(plan.collection, points[start:start + 1000])
+        gone = [p.id for p in self.store.scroll(plan.collection) if p.id not in payloads]
+        if gone:
+            self.store.delete(plan.collection, gone)
+        previous = self.model_version
+        self.encoder, self.items_collection = plan.encoder, plan.collection
+        self.items = ItemCache(self.store, plan.collection)
+        self._load_catalog()
+        self._load_state()
+        self.profiles.invalidate()
+        serving = self.blobs.get("serving")
+        collections = {**serving["collections"], version: plan.collection}
+        keep = {version, previous, serving["first_version"]}  # the first stays: it is the rollback floor
+        for old_version, old_collection in list(collections.items()):
+            if old_version not in keep:
+                self.store.drop_collection(old_collection)
+                del collections[old_version]
+        history = [*serving.get("history", []), {"version": version, "path": plan.path, "at": time.time()}][-20:]
+        self.blobs.put("serving", {**serving, "version": version, "path": plan.path, "collections": collections,
+                                   "history": history})
+        self.store.flush()
+        log.info("now serving model %s (was %s): %d items, %d embedded, %d reused", version, previous,
+                 len(points), len(plan.to_embed) + len(redo), len(plan.reused))
+        return {"version": version, "previous": previous, "items": len(points),
+                "embedded": len(plan.to_embed) + len(redo), "reused": len(plan.reused)}
+
+    # ---- profiles ------------------------------------------------------------------------
+    @property
+    def space(self) -> str | None:
+        """The tag stored with profile vectors: None for the first model this store served."""
+        return None if self.model_version == self.first_version else self.model_version
+
+    def _load_profiles(self, user_ids: Iterable[str]) -> dict[str, Profile]:
+        """Profiles by user; those whose vectors belong to another model's space (written before
+        a model swap) are refolded from their recent items in this one, and saved so once."""
+        profiles = self.profiles.get_many(user_ids)
+        stale = [p for p in profiles.values()
+                 if p.space != self.space and (p.long_term is not None or p.session is not None)]
+        if stale:
+            records = self.items.get_many(r.item_id for p in stale for r in p.recent)
+            vectors = {i: r.vector for i, r in records.items()}
+            rebuilt = [rebuild_interests(p, vectors, self.space, self.params) for p in stale]
+            self.profiles.save_many(rebuilt)
+            profiles.update({p.user_id: p for p in rebuilt})
+        return profiles
+
+    def _save_profiles(self, profiles: Sequence[Profile]) -> None:
+        self.profiles.save_many([p if p.space == self.space else replace(p, space=self.space) for p in profiles])
 
     # ---- catalog -------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> CatalogChange:
@@ -215,7 +343,7 @@ class Recommender:
         deleted = [i for i in latest.values() if i.deleted]
         live = [i for i in latest.values() if not i.deleted]
         if deleted:
-            self.store.delete(ITEMS, [i.item_id for i in deleted])
+            self.store.delete(self.items_collection, [i.item_id for i in deleted])
             for i in deleted:
                 self.items.forget(i.item_id)
                 self.popularity.forget(i.item_id)
@@ -223,7 +351,9 @@ class Recommender:
                     self.topics.forget(i.item_id)
         texts = {i.item_id: item_text(i.title, i.category, i.description) for i in live}
         digests = {i.item_id: text_hash(texts[i.item_id], self.model_version) for i in live}
-        existing = {p.id: p for p in self.store.retrieve(ITEMS, list(texts), with_vectors=True)}
+        if self._changed_during_swap is not None:
+            self._changed_during_swap.update(latest)
+        existing = {p.id: p for p in self.store.retrieve(self.items_collection, list(texts), with_vectors=True)}
         to_embed = [i for i in live if existing.get(i.item_id) is None
                     or existing[i.item_id].payload.get("text_hash") != digests[i.item_id]]
         vectors = dict(zip([i.item_id for i in to_embed], self._encode([texts[i.item_id] for i in to_embed])))
@@ -236,7 +366,7 @@ class Recommender:
             payload["popularity"] = [count, updated]
             points.append(Point(item.item_id, np.asarray(vector, dtype=np.float32), payload))
         if points:
-            self.store.upsert(ITEMS, points)
+            self.store.upsert(self.items_collection, points)
             records = [ItemRecord(p.id, p.vector, p.payload["title"], p.payload["category"], p.payload["price"],
                                   p.payload["in_stock"]) for p in points]
             for record in records:
@@ -249,10 +379,10 @@ class Recommender:
         """Persist popularity (into item payloads) and per-segment popularity, so a restarted
         worker ranks the same way. Bandit arms are saved with each batch that changes them."""
         snapshot = self.popularity.snapshot()
-        present = {p.id for p in self.store.retrieve(ITEMS, list(snapshot))}
+        present = {p.id for p in self.store.retrieve(self.items_collection, list(snapshot))}
         for item_id in present:
             count, updated = snapshot[item_id]
-            self.store.set_payload(ITEMS, item_id, {"popularity": [count, updated]})
+            self.store.set_payload(self.items_collection, item_id, {"popularity": [count, updated]})
         self.blobs.put("segment_popularity", {
             segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
             for segment, pop in self.segment_popularity.items()
@@ -271,7 +401,7 @@ class Recommender:
         if not events:
             return []
         with self._stage("load"):
-            profiles = self.profiles.get_many(e.user_id for e in events)
+            profiles = self._load_profiles(e.user_id for e in events)
             records = self.items.get_many(e.item_id for e in events if e.item_id)
         before = dict(profiles)
         queries = [e for e in events if e.type is EventType.search and e.query]
@@ -331,7 +461,7 @@ class Recommender:
                 profiles[user_id] = changed[user_id] = self._with_explored(profiles[user_id], explored)
             recs.append(rec.model_copy(update={"trigger_event_id": last_event[user_id].event_id}))
         with self._stage("save"):
-            self.profiles.save_many(list(changed.values()))
+            self._save_profiles(list(changed.values()))
             if arms_changed:
                 self._save_arms()
         return [*recs, *segment_changes]
@@ -373,7 +503,7 @@ class Recommender:
         if not intents:
             return []
         vectors = self._encode([i.text for i in intents])
-        profiles = self.profiles.get_many(i.user_id for i in intents)
+        profiles = self._load_profiles(i.user_id for i in intents)
         for intent, vector in zip(intents, vectors):
             ts = (intent.ts or utcnow()).timestamp()
             profiles[intent.user_id] = apply_stated_interest(profiles[intent.user_id], vector, ts, self.params)
@@ -382,7 +512,7 @@ class Recommender:
                                         filters=[None] * len(users), rec_ids=[str(uuid.uuid4()) for _ in users])
         for user_id, (_, explored) in zip(users, answered):
             profiles[user_id] = self._with_explored(profiles[user_id], explored)
-        self.profiles.save_many([profiles[u] for u in users])
+        self._save_profiles([profiles[u] for u in users])
         return [rec for rec, _ in answered]
 
     # ---- on demand -----------------------------------------------------------------------------
@@ -390,16 +520,16 @@ class Recommender:
         self, user_id: str, *, k: int | None = None, filters: RequestFilters | None = None,
         request_id: str | None = None,
     ) -> Recommendation:
-        profile = self.profiles.get(user_id)
+        profile = self._load_profiles([user_id])[user_id]
         rec_id = rec_id_for(f"request:{request_id}") if request_id else str(uuid.uuid4())
         rec, explored = self._recommend_many([profile], k=k or self.settings.default_k, filters=[filters],
                                              rec_ids=[rec_id])[0]
         if explored:  # feedback on what was explored must find it
-            self.profiles.save_many([self._with_explored(profile, explored)])
+            self._save_profiles([self._with_explored(profile, explored)])
         return rec.model_copy(update={"request_id": request_id})
 
     def profile(self, user_id: str) -> Profile:
-        return self.profiles.get(user_id)
+        return self._load_profiles([user_id])[user_id]
 
     def erase_users(self, erasures: Sequence[Erasure]) -> list[ErasureConfirmed]:
         """Forget users: their profile (vectors, history, aggregates, event ids, segment, bandit
@@ -430,6 +560,38 @@ class Recommender:
         if fitted is not None:
             self.groups = fitted
         return self.status()
+
+    def describe_user(self, user_id: str) -> dict:
+        """What the engine holds about a user, in words: segment, purchase probability, interest
+        group, the interests retrieval asks for, and their A/B variant (for operators and the demo)."""
+        profile = self._load_profiles([user_id])[user_id]
+        now = max(self.clock, profile.rfm.last_purchase_ts or 0.0)
+        scored = rfm_score(profile.rfm, now, self.cutoffs)
+        direction = profile.long_term.direction() if profile.long_term is not None else None
+        group = self.groups.group_of(direction)[0] if self.groups is not None and direction is not None else None
+        records = self.items.get_many(r.item_id for r in profile.recent)
+        recent = [r for r in profile.recent if r.item_id in records]
+        interests = interest_centroids(
+            [r.item_id for r in recent], np.stack([records[r.item_id].vector for r in recent]) if recent else
+            np.zeros((0, self.dim), np.float32),
+            recent_weights(replace(profile, recent=tuple(recent)), now or time.time(), self.params),
+            max_clusters=self.settings.interest_clusters,
+        ) if recent else []
+        return {
+            "user_id": user_id,
+            "events": profile.events,
+            "segment": scored.segment,
+            "rfm": {"recency_days": scored.recency_days, "frequency": profile.rfm.purchases,
+                    "monetary": round(profile.rfm.monetary, 2), "r": scored.r, "f": scored.f, "m": scored.m},
+            "purchase_probability": round(self.purchase_model.predict(profile.rfm, now), 4) if profile.events else None,
+            "horizon_days": self.purchase_model.horizon_days,
+            "interest_group": group,
+            "interests": [{"item_id": c.medoid_item, "title": records[c.medoid_item].title,
+                           "weight": round(c.weight, 3)} for c in interests],
+            "variant": self.strategy(user_id).variant,
+            "exploring": [{"item_id": e.item_id, "topic": self.topics.name(e.topic) if self.topics else e.topic,
+                           "impressed": e.impressed, "rewarded": e.rewarded} for e in profile.exploring],
+        }
 
     def status(self) -> dict:
         return {
@@ -503,7 +665,8 @@ class Recommender:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 batch = self.store.search_batch(
-                    ITEMS, np.stack([q for _, q in flat]), limit, filters=[store_filters[i] for i, _ in flat]
+                    self.items_collection, np.stack([q for _, q in flat]), limit,
+                    filters=[store_filters[i] for i, _ in flat]
                 )
             for (i, _), hits in zip(flat, batch):
                 records = self.items.get_many(h.id for h in hits)
@@ -675,12 +838,19 @@ def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> Vect
             delay = min(delay * 2, 15.0)
 
 
+def open_encoder(settings: InferenceSettings, onnx_dir: Path) -> TextEncoder:
+    return TextEncoder(onnx_dir, device=settings.encoder_device, batch_size=settings.encoder_batch_size,
+                       threads=settings.encoder_threads)
+
+
 def open_recommender(settings: InferenceSettings) -> Recommender:
-    """Everything the engine needs, from settings: encoder (exported if needed) and vector store."""
-    encoder = TextEncoder(
-        encoder_dir(settings),
-        device=settings.encoder_device,
-        batch_size=settings.encoder_batch_size,
-        threads=settings.encoder_threads,
-    )
-    return Recommender(encoder, open_store_waiting(settings), settings)
+    """Everything the engine needs, from settings: vector store and encoder (exported if needed).
+    A store that was switched to another model by a rollout keeps serving that model after a
+    restart (its folder is recorded in the store's `serving` state)."""
+    store = open_store_waiting(settings)
+    serving = StateBlobs(store).get("serving") or {}
+    rolled_out = serving.get("path")
+    onnx_dir = Path(rolled_out) if rolled_out and Path(rolled_out).is_dir() else encoder_dir(settings)
+    encoder = open_encoder(settings, onnx_dir)
+    collection = serving.get("collections", {}).get(encoder.version, ITEMS)
+    return Recommender(encoder, store, settings, items_collection=collection)

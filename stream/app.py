@@ -304,6 +304,15 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             rec = await in_executor(lambda: recommender.recommend(user_id, k=k, filters=filters))
             return self.json(rec.model_dump(mode="json", by_alias=True))
 
+    @app.page("/users/{user_id}")
+    class UserView(View):
+        async def get(self, request: WebRequest, user_id: str) -> Response:
+            if (denied := unauthorized(self, request)) is not None:
+                return denied
+            if not 1 <= len(user_id) <= 128:
+                return self.json({"error": "user_id must be 1..128 characters"}, status=400)
+            return self.json(await in_executor(lambda: recommender.describe_user(user_id)))
+
     def assigned_partitions() -> int:
         try:
             return len(app.consumer.assignment())

@@ -89,6 +89,7 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
             "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
             "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
             "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir),
+            "STREAMREC_GROUPS_REFRESH_S": "20",
         }
         with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
             recs = RecommendationLog(broker.bootstrap, settings.topic("recommendations"))
@@ -128,6 +129,7 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
             paced_lat = [recs.received[i] - sent[i] for i in paced_ids if i in recs.received]
             all_lat = [recs.received[i] - sent[i] for i in sent if i in recs.received]
             stats = worker.stats()
+            _print_groups(stats)
             _print_customers(worker, log, shown)
             p50, p99 = _percentiles(paced_lat)
             s50, s99 = _percentiles(all_lat)
@@ -142,6 +144,16 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
     return 0
 
 
+def _print_groups(stats: dict) -> None:
+    print("\n== interest groups (k-means over users' interest vectors) ==")
+    for group in stats.get("interest_groups", []):
+        print(f"  {group['users']:>4} users  {group['name']}")
+    print("== value segments ==  " + ", ".join(f"{k} {v}" for k, v in stats.get("segments", {}).items()))
+    rates = stats.get("exploration_rate", {})
+    print("== exploration ==  " + ", ".join(f"{v}: {100 * r:.1f}% of slots" for v, r in rates.items())
+          + f"; {stats.get('topics', 0)} catalog topics")
+
+
 def _print_customers(worker: WorkerProcess, log, shown: int) -> None:
     titles = dict(zip(log.items.item_id, log.items.title))
     counts = log.purchases.groupby("user_id").invoice.nunique().sort_values(ascending=False)
@@ -153,8 +165,17 @@ def _print_customers(worker: WorkerProcess, log, shown: int) -> None:
         print("  last purchases:")
         for row in bought.tail(5).itertuples():
             print(f"    - {titles.get(row.item_id, row.item_id)} ({row.item_id})")
-        rec = worker.get(f"/recommendations/{user_id}?k=5")
+        about = worker.get(f"/users/{user_id}")
+        rfm = about["rfm"]
+        probability = about["purchase_probability"]
+        print(f"  segment: {about['segment']} (R{rfm['r']} F{rfm['f']} M{rfm['m']}: {rfm['frequency']} lines, "
+              f"£{rfm['monetary']:,.0f}); P(buys within {about['horizon_days']:.0f} days) = "
+              f"{'–' if probability is None else f'{probability:.2f}'}")
+        print(f"  interest group: {about['interest_group'] or '–'}")
+        print("  interests retrieved from: " + "; ".join(f"{i['title']} ({i['weight']:.0%})" for i in about["interests"]))
+        rec = worker.get(f"/recommendations/{user_id}?k=8")
         print("  recommended now:")
         for item in rec["items"]:
+            mark = " [explore]" if item.get("explore") else ""
             print(f"    {item['position']}. {titles.get(item['item_id'], item['item_id'])} ({item['item_id']}) "
-                  f"score {item['score']:.3f} — {item['reason']}")
+                  f"score {item['score']:.3f}{mark} — {item['reason']}")

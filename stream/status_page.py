@@ -21,6 +21,8 @@ STATUS_PAGE = """<!doctype html>
   td, th { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #eef; }
   form { margin: 1rem 0 .6rem; } input { font: inherit; padding: .3rem .5rem; }
   #error { color: #c02d2d; }
+  .grid2 { display: grid; grid-template-columns: repeat(3, minmax(12rem, 1fr)); gap: .8rem; margin: 1rem 0; }
+  .grid2 table { box-shadow: none; } .explore { color: #7a4cc2; font-weight: 600; }
 </style>
 </head>
 <body>
@@ -34,12 +36,19 @@ STATUS_PAGE = """<!doctype html>
 <div class="card"><span class="label">model</span> <span id="model">–</span>
   &nbsp; <span class="label">catalog</span> <span id="items">–</span> items
   &nbsp; <span class="label">uptime</span> <span id="uptime">–</span> s</div>
+<div class="grid2">
+  <div class="card"><div class="label">value segments (users)</div><table id="segments"><tbody></tbody></table></div>
+  <div class="card"><div class="label">interest groups (users)</div><table id="groups"><tbody></tbody></table></div>
+  <div class="card"><div class="label">exploration</div><div class="value" id="explore-rate">–</div>
+    <div id="explore-variants"></div><div id="topics"></div></div>
+</div>
 <form id="lookup">
   <label>User <input id="user" name="user" placeholder="user id"></label>
   <label>Token <input id="token" type="password" placeholder="if the worker requires one"></label>
   <button>Show recommendations</button>
 </form>
 <div id="error"></div>
+<div id="variant"></div>
 <table id="recs"><thead><tr><th>#</th><th>item</th><th>score</th><th>why</th></tr></thead><tbody></tbody></table>
 <script>
 const $ = (id) => document.getElementById(id);
@@ -65,7 +74,20 @@ async function refresh() {
     const f = s.freshness_last_60s;
     $("freshness").textContent = f.n ? f.p50_ms + " / " + f.p99_ms : "–";
     $("model").textContent = s.model_version; $("items").textContent = s.items_cached; $("uptime").textContent = s.uptime_s;
+    fillRows("segments", Object.entries(s.segments || {}).map(([k, v]) => [k.replace(/_/g, " "), v]));
+    fillRows("groups", (s.interest_groups || []).map((g) => [g.name, g.users]));
+    const rates = Object.entries(s.exploration_rate || {});
+    $("explore-rate").textContent = rates.length ? rates.map(([, v]) => (100 * v).toFixed(1) + "%").join(" / ") : "–";
+    $("explore-variants").textContent = rates.map(([k]) => k).join(" / ") + (rates.length ? " (A/B variant)" : "");
+    $("topics").textContent = (s.topics || 0) + " catalog topics";
   } catch (e) { $("error").textContent = "worker unreachable: " + e; }
+}
+function fillRows(id, rows) {
+  $(id).querySelector("tbody").replaceChildren(...rows.map((cells) => {
+    const row = document.createElement("tr");
+    for (const text of cells) { const cell = document.createElement("td"); cell.textContent = text; row.appendChild(cell); }
+    return row;
+  }));
 }
 async function showUser(user) {
   if (!user) return;
@@ -74,6 +96,7 @@ async function showUser(user) {
   const body = await r.json();
   if (!r.ok) { $("error").textContent = body.error; return; }
   $("error").textContent = "";
+  $("variant").textContent = "variant: " + (body.variant || "default") + ", model " + body.model_version;
   // Item ids and reasons come from producers: set as text, never as HTML.
   const tbody = $("recs").querySelector("tbody");
   tbody.replaceChildren(...body.items.map((i) => {
@@ -81,6 +104,7 @@ async function showUser(user) {
     for (const text of [i.position, i.item_id, i.score.toFixed(3), i.reason]) {
       const cell = document.createElement("td"); cell.textContent = text; row.appendChild(cell);
     }
+    if (i.explore) row.lastChild.className = "explore";
     return row;
   }));
 }

@@ -201,3 +201,75 @@ def test_an_erased_user_leaves_nothing_behind(engine):
             assert user not in json.dumps(point.payload), (collection, point.id)
             assert user != point.id
     assert engine.profile(user).events == 0
+
+
+def test_describe_user_says_what_the_engine_holds(engine):
+    user = "described"
+    engine.process_events([ev(n, user, item, minutes=n) for n, item in enumerate(["i0", "i8", "i3"])])
+    about = engine.describe_user(user)
+    assert about["segment"] == engine.profile(user).segment == "loyal"
+    assert about["rfm"]["frequency"] == 3 and 0 < about["purchase_probability"] < 1
+    assert {i["item_id"] for i in about["interests"]} <= {"i0", "i8", "i3"}
+    assert abs(sum(i["weight"] for i in about["interests"]) - 1) < 0.01  # three items, at most three clusters
+    assert about["variant"] == "default"
+    stranger = engine.describe_user("nobody")
+    assert stranger["segment"] == "prospect" and stranger["purchase_probability"] is None and not stranger["interests"]
+
+
+def swap(engine: Recommender, encoder, path=None) -> dict:
+    plan = engine.plan_swap(encoder, path)
+    return engine.finish_swap(plan, encoder.encode(plan.texts))
+
+
+def test_a_model_swap_re_embeds_the_catalog_and_rebuilds_profiles_in_the_new_space(tmp_path, tiny_encoder,
+                                                                                    tiny_onnx_dir_v2):
+    from inference.encoder import TextEncoder
+
+    engine = open_engine(tmp_path, tiny_encoder)
+    engine.upsert_items(ITEMS)
+    engine.process_events([ev(0, "swapper", "i1"), ev(1, "swapper", "i2", minutes=1)])
+    v1 = engine.model_version
+    v2_encoder = TextEncoder(tiny_onnx_dir_v2, device="cpu", threads=1)
+    plan = engine.plan_swap(v2_encoder, str(tiny_onnx_dir_v2))
+    assert len(plan.to_embed) == len(ITEMS) and not plan.reused
+    # the catalog changes while the new model embeds: those changes must reach the new collection
+    engine.upsert_items([Item(schema=1, item_id="late", title="lantern teacup late arrival"),
+                         Item(schema=1, item_id="i63", title="", deleted=True)])
+    rec_during = engine.recommend("swapper")  # still answering, with the old model
+    assert rec_during.model_version == v1
+    result = engine.finish_swap(plan, v2_encoder.encode(plan.texts))
+    assert (result["version"], result["previous"], result["items"]) == (v2_encoder.version, v1, len(ITEMS))
+    assert engine.model_version == v2_encoder.version and engine.items_collection != "items"
+    late = engine.items.get_many(["late"])["late"]
+    assert np.allclose(late.vector, v2_encoder.encode(["lantern teacup late arrival"])[0], atol=1e-5)
+    assert engine.items.get_many(["i63"]) == {}
+    rec = engine.recommend("swapper")
+    assert rec.model_version == v2_encoder.version and len(rec.items) == 10
+    profile = engine.profile("swapper")
+    assert profile.space == v2_encoder.version
+    expected = v2_encoder.encode([engine.items.get_many(["i2"])["i2"].title])[0]
+    assert float(profile.long_term.direction() @ expected) > 0.5  # refolded from the new vectors
+    engine.store.close()
+
+    # a restart keeps serving the rolled-out model; a rollback to the first reuses its vectors
+    again = open_engine(tmp_path, tiny_encoder)  # what open_recommender does with the serving state
+    try:
+        assert again.blobs.get("serving")["version"] == v2_encoder.version
+        again_v2 = Recommender(v2_encoder, again.store, again.settings,
+                               items_collection=again.blobs.get("serving")["collections"][v2_encoder.version])
+        back = swap(again_v2, tiny_encoder)
+        # the first collection saw the changes made while it served (the late item, the deletion)
+        assert back["version"] == v1 and back["reused"] == len(ITEMS) and back["embedded"] == 0
+        assert again_v2.items_collection == "items"
+        assert again_v2.recommend("swapper").model_version == v1
+        assert again_v2.profile("swapper").space is None
+    finally:
+        again.store.close()
+
+
+def test_a_model_of_another_dimension_is_refused(engine, tmp_path):
+    class Wide:
+        dim, version = engine.dim + 1, "wide"
+
+    with pytest.raises(ValueError, match="dimension"):
+        engine.plan_swap(Wide())

@@ -119,3 +119,5 @@ def test_segments_change_after_the_right_purchases(deployment):
     assert (last.frequency, last.r, last.f) == (4, 5, 4) and 0 < last.purchase_probability < 1
     stats = d.worker.wait_for(lambda s: s["segments"].get("champions", 0) >= 1, 30, "segment counts")
     assert stats["segments"]["champions"] >= 1
+    about = d.worker.get(f"/users/{user}")
+    assert (about["segment"], about["rfm"]["frequency"]) == ("champions", 4)

@@ -26,7 +26,8 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (make test installs it as root)")
 def test_status_page_shows_live_figures_and_a_users_recommendations(broker, tmp_path_factory, tiny_onnx_dir, tmp_path):
-    d = Deployment(broker, tmp_path_factory.mktemp("status"), tiny_onnx_dir)
+    d = Deployment(broker, tmp_path_factory.mktemp("status"), tiny_onnx_dir, STREAMREC_INTEREST_GROUPS="2",
+                   STREAMREC_GROUPS_REFRESH_S="1")
     try:
         worker = d.start_worker()
         for n in range(20):
@@ -35,14 +36,25 @@ def test_status_page_shows_live_figures_and_a_users_recommendations(broker, tmp_
         ts = datetime(2011, 5, 1, tzinfo=timezone.utc)
         d.send("events", "zoe", Event(schema=1, event_id="z1", user_id="zoe", type=EventType.purchase, ts=ts,
                                       item_id="i3", price=2.0))
-        worker.wait_for(lambda s: s["published"] >= 1, 60, "a recommendation")
+        for n in range(8):  # enough shoppers for two interest groups
+            d.send("events", f"u{n}", Event(schema=1, event_id=f"u{n}", user_id=f"u{n}", type=EventType.view, ts=ts,
+                                            item_id=f"i{n + 5}"))
+        worker.wait_for(lambda s: s["published"] >= 9 and s["interest_groups"], 60, "recommendations and groups")
         url = f"{worker.url}/status?user=zoe"
         dom = chromium(["--dump-dom", url], tmp_path / "profile-dom").stdout
         assert "streamrec worker" in dom
         assert worker.stats()["model_version"] in dom, "the model version is shown"
         assert 'id="events">1<' in dom, "the processed-event count is shown"
-        assert "<td>i3</td>" not in dom, "a bought item is not recommended"
-        assert dom.count("<tr><td>") == 10, "the user's ten recommendations are listed"
+        recs = dom[dom.index('id="recs"'):]
+        recs = recs[:recs.index("</table>")]
+        assert "<td>i3</td>" not in recs, "a bought item is not recommended"
+        assert recs.count("<tr><td>") == 10, "the user's ten recommendations are listed"
+        segments = dom[dom.index('id="segments"'):]
+        assert "<td>new</td><td>1</td>" in segments[:segments.index("</table>")], "zoe's segment is counted"
+        assert "<td>prospect</td><td>8</td>" in segments[:segments.index("</table>")]
+        groups = dom[dom.index('id="groups"'):]
+        assert groups[:groups.index("</table>")].count("<tr><td>") == 2, "two named interest groups"
+        assert "variant: default" in dom
         assert "&lt;b&gt;product&lt;/b&gt;" in dom or "because you" in dom or "recent activity" in dom
         assert "<b>product</b>" not in dom, "catalog text is escaped, never rendered as HTML"
         ARTIFACTS.mkdir(exist_ok=True)

@@ -227,12 +227,15 @@ class ErasureConfirmed(Message):
 
 
 class ModelUpdate(Message):
-    """Announces a new encoder version on `streamrec.model-updates` (issue: training rollout)."""
+    """Announces the encoder version workers must serve, on `streamrec.model-updates`: a refit
+    (`streamrec train`) or a rollback. `path` is the exported folder, readable by every worker."""
 
-    version: str
-    path: str
-    dim: int
+    version: str = Field(min_length=1, max_length=200)
+    path: str = Field(min_length=1, max_length=4096)
+    dim: int = Field(ge=1)
     at: Timestamp
+    reason: str | None = Field(default=None, max_length=200)  # "train", "rollback", ...
+    metrics: dict[str, Any] | None = None  # the offline evaluation from the manifest
 
 
 class SegmentChange(Message):

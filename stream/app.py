@@ -12,15 +12,17 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
 from faust.web import Request as WebRequest, Response, View
 
-from inference.recommender import Recommender
+from inference.recommender import ModelSwapError, Recommender, open_encoder
 from inference.schemas import (
     DeadLetter,
+    ModelUpdate,
     Erasure,
     Event,
     Intent,
@@ -36,6 +38,7 @@ from inference.store import StoreError
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
+from stream.model_updates import ModelUpdateFollower
 from stream.settings import StreamSettings
 from stream.status_page import STATUS_PAGE
 from stream.transport import StreamrecApp
@@ -255,6 +258,44 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
 
     app.timer(interval=settings.groups_refresh_s)(refresh_groups)
 
+    # ---- model rollout: follow streamrec.model-updates, swap with no gap in answering ----------
+    swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-swap")
+    swap_lock = asyncio.Lock()
+
+    async def apply_model_update(update: ModelUpdate) -> None:
+        """Load the announced encoder and embed the catalog with it on a thread of its own while
+        the recommender keeps answering with the old one; then switch between two batches."""
+        async with swap_lock:
+            if update.version == recommender.model_version:
+                return
+            loop = asyncio.get_running_loop()
+            state.model_update = {"version": update.version, "status": "embedding", "reason": update.reason,
+                                  "started_at": time.time()}
+            log.info("model update: switching to %s (%s)", update.version, update.reason or "announced")
+            try:
+                encoder = await loop.run_in_executor(swap_executor, open_encoder, recommender.settings,
+                                                     Path(update.path))
+                if encoder.version != update.version:
+                    raise ModelSwapError(f"{update.path} holds model {encoder.version}, not {update.version}")
+                plan = await in_executor(recommender.plan_swap, encoder, update.path)
+                vectors = await loop.run_in_executor(swap_executor, encoder.encode, plan.texts)
+                result = await in_executor(recommender.finish_swap, plan, vectors)
+            except Exception as exc:  # noqa: BLE001 - a bad announcement must not stop the worker
+                log.error("model update to %s failed, still serving %s: %s", update.version,
+                          recommender.model_version, exc)
+                state.model_update = {**state.model_update, "status": "failed", "error": str(exc)[:500]}
+                return
+            state.model_update = {**state.model_update, **result, "status": "serving",
+                                  "seconds": round(time.time() - state.model_update["started_at"], 1)}
+
+    @app.task
+    async def follow_model_updates():
+        loop = asyncio.get_running_loop()
+        follower = ModelUpdateFollower(
+            settings, lambda update: asyncio.run_coroutine_threadsafe(apply_model_update(update), loop)
+        )
+        app.model_update_follower = follower.start()
+
     @app.timer(interval=5.0)
     async def measure_lag():
         lag = {}
@@ -341,6 +382,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 "healthy": state.healthy,
                 "model_version": recommender.model_version,
                 "items_cached": len(recommender.items),
+                "model_update": state.model_update,
                 "exploration_rate": {v: round(state.explored[v] / n, 4) for v, n in state.slots.items() if n},
                 **recommender.status(),
             })

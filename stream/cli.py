@@ -143,6 +143,48 @@ def _ab_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Refit, evaluate, export; announce the new version unless told not to; repeat on --every."""
+    import time
+
+    from inference.schemas import ModelUpdate, utcnow
+    from stream.model_updates import announce
+    from stream.settings import StreamSettings
+    from training.finetune import run
+
+    while True:
+        result = run(args)
+        if not result.published:
+            print(f"not announced: {result.reason}", file=sys.stderr)
+        elif args.no_announce:
+            print(f"trained {result.version} at {result.path} (not announced: --no-announce)")
+        else:
+            manifest = result.manifest
+            announce(StreamSettings(), ModelUpdate(version=result.version, path=str(result.path), dim=int(manifest["dim"]),
+                                                   at=utcnow(), reason="train", metrics=manifest.get("metrics")))
+            print(f"announced {result.version} on {StreamSettings().topic('model-updates')}")
+        if not args.every_hours:
+            return 0 if result.published else 1
+        time.sleep(args.every_hours * 3600)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from inference.recommender import encoder_dir
+    from inference.settings import InferenceSettings
+    from stream.model_updates import announce, as_rollback, default_update, history, rollback_target
+    from stream.settings import StreamSettings
+
+    settings = StreamSettings()
+    try:
+        target = rollback_target(history(settings), default_update(encoder_dir(InferenceSettings())), args.to)
+    except ValueError as exc:
+        print(f"streamrec rollback: {exc}", file=sys.stderr)
+        return 1
+    announce(settings, as_rollback(target, "rollback"))
+    print(f"announced rollback to {target.version} ({target.path})")
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> int:
     from stream.settings_doc import settings_markdown, with_settings_block
 
@@ -200,6 +242,19 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="offline protocol: streamrec vs popularity, co-occurrence, RecBole SASRec")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=_evaluate)
+
+    from training.finetune import add_arguments as add_train_arguments
+
+    tr = sub.add_parser("train", help="refit the encoder on logged events, evaluate, export ONNX, announce it")
+    add_train_arguments(tr)
+    tr.add_argument("--no-announce", action="store_true", help="write the version but do not announce it")
+    tr.add_argument("--every-hours", type=float, default=0.0,
+                    help="keep running: refit every this many hours (0: once); the k8s CronJob is the alternative")
+    tr.set_defaults(func=_train)
+
+    rb = sub.add_parser("rollback", help="announce the previously served model version (or --to VERSION)")
+    rb.add_argument("--to", default=None, help="a version announced before, or the shipped default's version")
+    rb.set_defaults(func=_rollback)
 
     from training.purchase_probability import add_arguments as add_purchase_model_arguments
 

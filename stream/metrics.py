@@ -37,6 +37,7 @@ class WorkerState:
     explored: Counter = field(default_factory=Counter)  # of which explored, by variant
     segment_changes: Counter = field(default_factory=Counter)  # by new segment
     segments: dict[str, int] = field(default_factory=dict)  # users per segment at the last count
+    model_update: dict | None = None  # the last model rollout: version, status, timings
 
     def freshness_summary(self, window_s: float = 60.0) -> dict:
         """p50/p99 freshness in milliseconds over the last `window_s` seconds (for /stats, /status)."""

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 TOPICS = ("events", "items", "intents", "requests", "erasures",
-          "recommendations", "segments", "deadletter", "erasures-confirmed")
+          "recommendations", "segments", "deadletter", "erasures-confirmed", "model-updates")
 """Suffixes of the topics a worker reads or writes (the prefix is a setting)."""
 
 

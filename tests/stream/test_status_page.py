@@ -44,7 +44,7 @@ def test_status_page_shows_live_figures_and_a_users_recommendations(broker, tmp_
         dom = chromium(["--dump-dom", url], tmp_path / "profile-dom").stdout
         assert "streamrec worker" in dom
         assert worker.stats()["model_version"] in dom, "the model version is shown"
-        assert 'id="events">1<' in dom, "the processed-event count is shown"
+        assert 'id="events">9<' in dom, "the processed-event count is shown"
         recs = dom[dom.index('id="recs"'):]
         recs = recs[:recs.index("</table>")]
         assert "<td>i3</td>" not in recs, "a bought item is not recommended"

@@ -24,15 +24,14 @@ from stream.settings import StreamSettings
 
 log = logging.getLogger("streamrec.model_updates")
 
-KEY = b"model"  # one key: on a compacted topic the latest announcement is what survives
-
-
 def announce(settings: StreamSettings, update: ModelUpdate) -> None:
     """Publish an announcement and wait for the broker's ack."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                              **kafka_python_config(settings))
     try:
-        producer.send(settings.topic("model-updates"), key=KEY, value=update.to_bytes()).get(timeout=30)
+        # Keyed by version: a compacted topic keeps the latest announcement of every version, so
+        # both the current model (latest `at`) and what served before it (for rollback) survive.
+        producer.send(settings.topic("model-updates"), key=update.version.encode(), value=update.to_bytes()).get(timeout=30)
     finally:
         producer.close()
 

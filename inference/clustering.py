@@ -96,25 +96,32 @@ def interest_centroids(
         return []
     x = unit_rows(np.asarray(vectors, dtype=np.float32))
     w = np.asarray(weights, dtype=np.float64)
-    sim = x @ x.T
-    clusters: list[list[int]] = [[i] for i in range(len(x))]
-    while len(clusters) > 1:
-        best, pair = -2.0, (0, 0)
-        for a in range(len(clusters)):
-            for b in range(a + 1, len(clusters)):
-                s = float(sim[np.ix_(clusters[a], clusters[b])].mean())
-                if s > best:
-                    best, pair = s, (a, b)
-        if best < merge_similarity:
+    sim = (x @ x.T).astype(np.float64)
+    # Average linkage by the Lance-Williams update: merging a and b, the similarity of the new
+    # cluster to c is the size-weighted mean of a's and b's; O(n^2) per merge, no pair loops.
+    between = sim.copy()
+    np.fill_diagonal(between, -np.inf)
+    sizes = np.ones(len(x))
+    alive = np.ones(len(x), dtype=bool)
+    members: list[list[int]] = [[i] for i in range(len(x))]
+    while alive.sum() > 1:
+        a, b = np.unravel_index(int(np.argmax(between)), between.shape)
+        if between[a, b] < merge_similarity:
             break
-        a, b = pair
-        clusters[a] = clusters[a] + clusters.pop(b)
+        merged = (sizes[a] * between[a] + sizes[b] * between[b]) / (sizes[a] + sizes[b])
+        between[a], between[:, a] = merged, merged
+        between[a, a] = -np.inf
+        between[b], between[:, b] = -np.inf, -np.inf
+        sizes[a] += sizes[b]
+        alive[b] = False
+        members[a] += members[b]
+    clusters = [members[i] for i in np.flatnonzero(alive)]
     total = float(w.sum()) or 1.0
     out = []
-    for members in clusters:
-        inner = sim[np.ix_(members, members)] @ w[members]
-        medoid = members[int(inner.argmax())]
-        out.append(InterestCentroid(x[medoid], float(w[members].sum()) / total, item_ids[medoid]))
+    for group in clusters:
+        inner = sim[np.ix_(group, group)] @ w[group]
+        medoid = group[int(inner.argmax())]
+        out.append(InterestCentroid(x[medoid], float(w[group].sum()) / total, item_ids[medoid]))
     out.sort(key=lambda c: (-c.weight, c.medoid_item))
     return out[:max_clusters]
 

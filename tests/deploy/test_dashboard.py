@@ -17,8 +17,6 @@ from tests.deploy.tools import REPO
 DASHBOARD = REPO / "deploy" / "grafana" / "streamrec-dashboard.json"
 # Consumer-group lag from the Strimzi Kafka Exporter (kafkaExporter in deploy/k8s/base/kafka/kafka.yaml).
 EXTERNAL = {"kafka_consumergroup_lag": {"consumergroup", "topic", "partition"}}
-# In the dashboard ahead of the worker (the exploration bandit); its panel says so.
-PENDING = {"streamrec_exploration_rate": set()}
 # Labels Prometheus adds to every series scraped through a PodMonitor, and the histogram bucket label.
 TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance", "service", "le"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
@@ -32,6 +30,10 @@ def exported() -> dict[str, set[str]]:
     state.dead_lettered.update({"invalid": 1})
     state.published = 1
     state.consumer_lag[("streamrec.events", 0)] = 1
+    state.slots.update({"control": 10})
+    state.explored.update({"control": 1})
+    state.segment_changes.update({"champions": 1})
+    state.segments = {"champions": 1}
     metrics = WorkerMetrics(state, lambda: "v1")
     metrics.freshness.observe(0.1)
     metrics.batch.labels("streamrec.events").observe(0.01)
@@ -102,7 +104,6 @@ def test_dashboard_is_valid_grafana_json():
 def test_every_query_uses_known_metrics_and_labels(title, expr):
     known = exported()
     known.update({name: labels for name, labels in EXTERNAL.items()})
-    known.update({name: labels for name, labels in PENDING.items()})
     names, labels = parse(expr)
     assert names, f"{title}: no metric in {expr}"
     unknown = names - set(known)

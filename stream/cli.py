@@ -153,7 +153,13 @@ def _train(args: argparse.Namespace) -> int:
     from training.finetune import run
 
     while True:
-        result = run(args)
+        if args.from_topics:
+            args.format, args.events, args.items = "dump", *_dump_topics(StreamSettings(), args.from_topics)
+        try:
+            result = run(args)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"streamrec train: {exc}", file=sys.stderr)
+            return 2
         if not result.published:
             print(f"not announced: {result.reason}", file=sys.stderr)
         elif args.no_announce:
@@ -166,6 +172,19 @@ def _train(args: argparse.Namespace) -> int:
         if not args.every_hours:
             return 0 if result.published else 1
         time.sleep(args.every_hours * 3600)
+
+
+def _dump_topics(settings, folder: Path) -> tuple[Path, Path]:
+    """The logged events and the catalog, as JSON lines, from the topics (what training reads)."""
+    from stream.ab_report import read_to_end
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "events.jsonl", folder / "items.jsonl"
+    for topic, path in zip(("events", "items"), paths):
+        with path.open("wb") as out:
+            for value in read_to_end(settings, settings.topic(topic), timeout_s=3600):
+                out.write(value.replace(b"\n", b" ") + b"\n")
+    return paths
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -248,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="refit the encoder on logged events, evaluate, export ONNX, announce it")
     add_train_arguments(tr)
     tr.add_argument("--no-announce", action="store_true", help="write the version but do not announce it")
+    tr.add_argument("--from-topics", type=Path, default=None, metavar="DIR",
+                    help="train on the logged events: dump the events and items topics into DIR first "
+                         "(then as --format dump)")
     tr.add_argument("--every-hours", type=float, default=0.0,
                     help="keep running: refit every this many hours (0: once); the k8s CronJob is the alternative")
     tr.set_defaults(func=_train)

@@ -296,6 +296,27 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         )
         app.model_update_follower = follower.start()
 
+    servers = [server.strip() for server in settings.kafka_bootstrap_servers.split(",") if server.strip()]
+
+    @app.timer(interval=settings.broker_check_s)
+    async def check_broker():
+        """Can any bootstrap server be reached at all? (Faust's consumer retries silently while
+        the broker is away; this makes the outage visible on /health and /metrics.)"""
+        errors = []
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout=2.0)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                errors.append(f"{server}: {exc!r}")
+                continue
+            writer.close()
+            state.broker_error = None
+            return
+        if state.broker_error is None:
+            log.warning("no Kafka bootstrap server reachable: %s", "; ".join(errors))
+        state.broker_error = "broker unreachable: " + "; ".join(errors)
+
     @app.timer(interval=5.0)
     async def measure_lag():
         lag = {}
@@ -363,10 +384,11 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: WebRequest) -> Response:
-            body = {"status": "ok" if state.healthy else "degraded", "error": state.last_error,
+            healthy = state.healthy and state.broker_error is None
+            body = {"status": "ok" if healthy else "degraded", "error": state.last_error or state.broker_error,
                     "model_version": recommender.model_version,
                     "assigned_partitions": assigned_partitions()}
-            return self.json(body, status=200 if state.healthy else 503)
+            return self.json(body, status=200 if healthy else 503)
 
     @app.page("/stats")
     class StatsView(View):
@@ -379,7 +401,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 "published": state.published,
                 "uptime_s": round(time.time() - state.started_at, 1),
                 "freshness_last_60s": state.freshness_summary(),
-                "healthy": state.healthy,
+                "healthy": state.healthy and state.broker_error is None,
                 "model_version": recommender.model_version,
                 "items_cached": len(recommender.items),
                 "model_update": state.model_update,

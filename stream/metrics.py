@@ -38,6 +38,7 @@ class WorkerState:
     segment_changes: Counter = field(default_factory=Counter)  # by new segment
     segments: dict[str, int] = field(default_factory=dict)  # users per segment at the last count
     model_update: dict | None = None  # the last model rollout: version, status, timings
+    broker_error: str | None = None  # set while no bootstrap server can be reached
 
     def freshness_summary(self, window_s: float = 60.0) -> dict:
         """p50/p99 freshness in milliseconds over the last `window_s` seconds (for /stats, /status)."""
@@ -68,7 +69,7 @@ class _StateCollector:
         model = GaugeMetricFamily("streamrec_model_info", "The encoder version being served.", labels=["version"])
         model.add_metric([self._model_version()], 1)
         healthy = GaugeMetricFamily("streamrec_healthy", "1 while the worker's dependencies answer.")
-        healthy.add_metric([], 1 if self._state.healthy else 0)
+        healthy.add_metric([], 1 if self._state.healthy and self._state.broker_error is None else 0)
         lag = GaugeMetricFamily("streamrec_consumer_lag", "Messages not yet read, by partition.",
                                 labels=["topic", "partition"])
         for (topic, partition), n in self._state.consumer_lag.items():

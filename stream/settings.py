@@ -68,6 +68,9 @@ class StreamSettings(BaseSettings):
         default=86_400.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )
     popularity_flush_s: float = Field(default=10.0, gt=0, description="How often popularity is persisted.")
+    broker_check_s: float = Field(
+        default=2.0, gt=0, description="How often /health checks that a Kafka bootstrap server is reachable."
+    )
     groups_refresh_s: float = Field(
         default=300.0, gt=0,
         description="How often interest groups (k-means over user vectors) and segment counts are recomputed.",

@@ -79,6 +79,7 @@ def test_worker_rides_out_a_broker_restart_and_keeps_its_profiles(tmp_path_facto
             seen_health.append(worker.get("/health", quiet=True, timeout=5))
             time.sleep(0.5)
         assert all(h is not None and "status" in h for h in seen_health), f"/health did not answer: {seen_health}"
+        assert seen_health[-1]["status"] == "degraded" and "broker unreachable" in seen_health[-1]["error"]
         print(f"/health while the broker was down: {seen_health[-1]}")
 
         second = LocalBroker(port, log_path=root / "tansu-2.log")  # same port, empty cluster
@@ -88,7 +89,8 @@ def test_worker_rides_out_a_broker_restart_and_keeps_its_profiles(tmp_path_facto
         send(d, "events", after, lambda e: e.user_id)
         wait_answered(TopicReader(second.bootstrap, d.topic("recommendations")), after, timeout=120)
         assert worker.alive() and worker.pid() == pid
-        assert worker.get("/health")["status"] == "ok"
+        wait_until(lambda: (worker.get("/health", quiet=True, timeout=5) or {}).get("status") == "ok", 30,
+                   "/health to recover with the broker")
         worker.stop()
     finally:
         d.close()

@@ -80,7 +80,7 @@ class NotEnoughData(ValueError):
     """The log yields too few training or validation pairs to fine-tune on."""
 
 
-class RegistryCorrupt(RuntimeError):
+class RegistryCorrupt(ValueError):
     """registry.json exists but is not the list this module writes; it is never overwritten."""
 
 
@@ -944,7 +944,7 @@ def format_result(result: TrainResult) -> str:
 def run(args: argparse.Namespace) -> TrainResult:
     """Run `streamrec train` from parsed arguments, print the result, and return it.
 
-    Raises FileNotFoundError, ValueError (NotEnoughData included) or RegistryCorrupt on unusable
+    Raises FileNotFoundError or ValueError (NotEnoughData and RegistryCorrupt included) on unusable
     input; the caller maps them to an exit status.
     """
     result = train_version(options_from_args(args))
@@ -960,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(args)
-    except (FileNotFoundError, ValueError, RegistryCorrupt) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # NotEnoughData and RegistryCorrupt included
         print(f"streamrec train: {exc}", file=sys.stderr)
         return 2
     return 0 if result.published else 1

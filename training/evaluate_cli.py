@@ -18,21 +18,27 @@ def _baselines(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip() and n.strip() != "none")
     unknown = [n for n in names if n not in BASELINE_NAMES]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown baselines {unknown}; choose among {', '.join(BASELINE_NAMES)}")
+        choices = ", ".join(BASELINE_NAMES)
+        raise argparse.ArgumentTypeError(f"unknown baselines {unknown}; choose among {choices}")
     return names
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", required=True, choices=FORMATS, help="online-retail (UCI log) or sequences (S3-Rec)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="online-retail (UCI log) or sequences (S3-Rec)")
     p.add_argument("--path", type=Path, default=None,
                    help="the file (default: the shared Online Retail parquet / S3-Rec Beauty.txt.gz)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--baselines", type=_baselines, default=BASELINE_NAMES,
-                   help="comma-separated baselines run beside streamrec (default: popularity,cooccurrence,sasrec; 'none': none)")
-    p.add_argument("--epochs", type=int, default=None, help="streamrec's maximum epochs (early stopping picks the best)")
+                   help="comma-separated baselines run beside streamrec "
+                        "(default: popularity,cooccurrence,sasrec; 'none': none)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="streamrec's maximum epochs (early stopping picks the best)")
     p.add_argument("--peer-epochs", type=int, default=5, help="RecBole SASRec's maximum epochs (slow on CPU)")
     p.add_argument("--peer-timeout", type=float, default=None, help="give up on the peer after this many seconds")
-    p.add_argument("--time-budget", type=float, default=None, help="stop streamrec's training after about this many seconds")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop streamrec's training after about this many seconds "
+                        "(default: 1500 for item sequences, none for baskets)")
     p.add_argument("--max-users", type=int, default=0, help="evaluate on this many users drawn at random (0: all)")
     p.add_argument("--include-seen", action="store_true",
                    help="rank already-bought items too (default: exclude them from ranking and targets)")

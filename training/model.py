@@ -36,9 +36,9 @@ class TowerConfig:
     dropout: float = 0.3
     id_dropout: float = 0.0
     unit_recency: bool = False
-    # Add each position's own item vector to the user vector there: the model starts as a
-    # "next item like the last one" predictor (strong with warm-started item vectors) and the
-    # transformer learns the correction. The transformer's output starts small to match.
+    # Add each position's own item vector (baskets: the mean vector of the latest basket) to the
+    # user vector: the model starts as a "next like the last" predictor (strong with warm-started
+    # item vectors) and the transformer learns the correction; its output starts small to match.
     last_item_skip: bool = False
 
     def as_dict(self) -> dict:
@@ -208,7 +208,13 @@ class TwoTower(nn.Module):
         if extra is not None:
             x = x + extra
         h = self.users(x, tokens == PAD, unit_age)
-        return h + x if self.config.last_item_skip else h
+        if not self.config.last_item_skip:
+            return h
+        if not self.config.unit_recency or unit_age is None:
+            return h + x
+        # Baskets: the mean vector of the latest unit of the window (read at the last position).
+        latest = ((unit_age == 0) & (tokens != PAD) & (tokens != BEGIN)).to(x.dtype)[..., None]
+        return h + (x * latest).sum(dim=1, keepdim=True) / latest.sum(dim=1, keepdim=True).clamp(min=1.0)
 
     def text_user_vectors(self, text_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """User vectors for users known only by a text: the user tower over the begin token and

@@ -105,7 +105,10 @@ def ensure_peer_venv(venv: Path, *, python: str | None = None) -> Path:
             [str(peer_python(venv)), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS],
         ]
         for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
+            try:
+                done = subprocess.run(step, capture_output=True, text=True)
+            except OSError as exc:
+                raise PeerUnavailable(f"installing the RecBole peer failed at `{' '.join(step)}`: {exc}") from exc
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
                 raise PeerUnavailable(f"installing the RecBole peer failed at `{' '.join(step)}`:\n{tail}")
@@ -201,8 +204,10 @@ def run_peer(
     progress: bool = True,
 ) -> PeerRun:
     """Train RecBole SASRec on ``split`` in its own venv and rank ``cases`` with our code."""
-    workdir = Path(workdir)
-    python = ensure_peer_venv(venv or workdir.parent / "peer-venv")
+    # Absolute (not resolved: a venv's python is a symlink that must stay one): the runner's
+    # working folder is its run folder.
+    workdir = Path(workdir).absolute()
+    python = ensure_peer_venv(Path(venv).absolute() if venv else workdir.parent / "peer-venv")
     name = "streamrec_" + hashlib.sha256(split.name.encode()).hexdigest()[:8]
     run_dir = workdir / f"{name}-{int(time.time())}"
     data_dir = run_dir / "data"
@@ -239,6 +244,8 @@ def run_peer(
             )
         except subprocess.TimeoutExpired as exc:
             raise PeerUnavailable(f"the RecBole peer ran past {settings.timeout_s}s; its log: {log_path}") from exc
+        except OSError as exc:
+            raise PeerUnavailable(f"cannot start the RecBole peer with {python}: {exc}") from exc
     if done.returncode != 0:
         tail = "\n".join(log_path.read_text().strip().splitlines()[-15:])
         raise PeerUnavailable(f"the RecBole peer exited with {done.returncode}; log {log_path}:\n{tail}")

@@ -74,8 +74,8 @@ def write_report(result: dict[str, Any], folder: Path) -> Path:
         f"![metrics per system]({plot.name})",
         "",
     ]
-    details = {name: {k: v for k, v in r.items() if k in ("epochs", "best_epoch", "max_epochs", "stopped", "train_cpu_s", "total_s", "note")}
-               for name, r in results.items()}
+    shown = ("epochs", "best_epoch", "max_epochs", "stopped", "train_cpu_s", "total_s", "note")
+    details = {name: {k: v for k, v in r.items() if k in shown} for name, r in results.items()}
     details = {k: v for k, v in details.items() if v}
     if details:
         lines += ["## Training", ""]

@@ -10,7 +10,12 @@ import pandas as pd
 import pytest
 
 from stream.cli import main
-from training.evaluate import first_basket_texts, format_table
+from training.evaluate import (
+    EvaluateOptions,
+    first_basket_texts,
+    format_table,
+    streamrec_config,
+)
 from training.split import ProtocolSplit
 
 METRICS = {"hr@10", "ndcg@10", "mrr", "coverage", "train_s", "eval_s"}
@@ -129,3 +134,11 @@ def test_first_basket_text_joins_distinct_titles() -> None:
 def test_format_table_shows_errors() -> None:
     table = format_table({"sasrec": {"error": "no venv"}})
     assert "not run: no venv" in table
+
+
+def test_item_sequences_get_a_default_time_budget_that_the_option_overrides() -> None:
+    split = ProtocolSplit(name="s", unit="item", item_ids=list("ab"), users=["u"], units=[[[0], [1], [0]]])
+    baskets = ProtocolSplit(name="b", unit="basket", item_ids=list("ab"), users=["u"], units=[[[0], [1], [0]]])
+    assert streamrec_config(split, EvaluateOptions()).time_budget_s == 1500.0
+    assert streamrec_config(split, EvaluateOptions(time_budget_s=60.0)).time_budget_s == 60.0
+    assert streamrec_config(baskets, EvaluateOptions()).time_budget_s is None

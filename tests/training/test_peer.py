@@ -71,3 +71,14 @@ def test_cases_file_carries_past_exclusion_and_targets(tmp_path: Path) -> None:
 def test_peer_requirements_pin_recbole_and_its_old_stack() -> None:
     assert "recbole==1.2.1" in PEER_REQUIREMENTS
     assert "numpy<2" in PEER_REQUIREMENTS and "torch==2.13.0" in PEER_REQUIREMENTS
+
+
+def test_a_peer_that_cannot_start_is_reported_not_raised_raw(tmp_path: Path) -> None:
+    from training.peer import PeerSettings, PeerUnavailable, run_peer
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".streamrec-peer").write_text("\n".join(PEER_REQUIREMENTS))  # "installed", but no python
+    s = split()
+    with pytest.raises(PeerUnavailable, match="cannot start"):
+        run_peer(s, eval_cases(s, "test"), tmp_path / "runs", PeerSettings(epochs=1), venv=venv)

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast browser deploy-tools test-deploy clean
+.PHONY: install demo test test-fast browser deploy-tools test-deploy audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "streamrec needs Python 3.11: set PYTHON=python3.11")'
@@ -39,6 +39,10 @@ deploy-tools: $(STAMP)
 
 test-deploy: deploy-tools
 	$(BIN)/python -m pytest -m deploy
+
+# Installed versions against the newest advisory database the registries offer (see README "Security audit").
+audit: $(STAMP)
+	$(BIN)/python -m tools.audit
 
 clean:
 	rm -rf $(VENV) .venv-deploy .streamrec

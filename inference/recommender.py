@@ -680,6 +680,7 @@ class Recommender:
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
         out = []
+        segment_popular: dict[str, frozenset[str]] = {}
         for i, profile in enumerate(profiles):
             strategy, rec_id = strategies[i], rec_ids[i]
             candidates = list(hits_by_index[i].values()) if i in hits_by_index else \
@@ -698,7 +699,7 @@ class Recommender:
             slots, explored = self._explore(profile, ranked, k, strategy, topics, filters[i], queries[i], rec_id)
             self.total_slots += len(slots)
             self.explored_slots += len(explored)
-            evidence = self._evidence(profile)
+            evidence = self._evidence(profile, segment_popular)
             items = []
             for n, (entry, topic) in enumerate(slots, start=1):
                 c = entry.candidate
@@ -713,13 +714,16 @@ class Recommender:
             ))
         return out
 
-    def _evidence(self, profile: Profile) -> Evidence:
+    def _evidence(self, profile: Profile, segment_popular: dict[str, frozenset[str]]) -> Evidence:
         records = self.items.get_many(r.item_id for r in profile.recent)
         group_name = group_centroid = None
         direction = profile.long_term.direction() if profile.long_term is not None else None
         if self.groups is not None and direction is not None:
             group_name, group_centroid = self.groups.group_of(direction)
-        popular = self.segment_popularity.get(profile.segment or "")
+        segment = profile.segment or ""
+        if segment not in segment_popular:  # one top-N per segment per batch, not per user
+            popular = self.segment_popularity.get(segment)
+            segment_popular[segment] = frozenset(popular.top(SEGMENT_POPULAR)) if popular is not None else frozenset()
         return Evidence(
             recent=profile.recent,
             vectors={i: r.vector for i, r in records.items()},
@@ -728,7 +732,7 @@ class Recommender:
             group_name=group_name,
             group_centroid=group_centroid,
             segment=profile.segment,
-            segment_popular=frozenset(popular.top(SEGMENT_POPULAR)) if popular is not None else frozenset(),
+            segment_popular=segment_popular[segment],
         )
 
     def _explore(

@@ -129,6 +129,7 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
             paced_lat = [recs.received[i] - sent[i] for i in paced_ids if i in recs.received]
             all_lat = [recs.received[i] - sent[i] for i in sent if i in recs.received]
             stats = worker.stats()
+            metrics = worker.get_text("/metrics")
             _print_groups(stats)
             _print_customers(worker, log, shown)
             p50, p99 = _percentiles(paced_lat)
@@ -140,8 +141,17 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
             print(f"freshness over the whole replay incl. the max-rate backlog: p50 {s50:.1f} ms, p99 {s99:.1f} ms")
             print(f"recommendations published: {stats['published']}; dead-lettered: {stats['dead_lettered'] or 0}; "
                   f"model {stats['model_version']}")
+            _print_metrics(metrics)
     print(f"demo finished in {time.perf_counter() - t_start:.0f}s; broker and worker stopped.")
     return 0
+
+
+def _print_metrics(exposition: str) -> None:
+    """The worker's Prometheus counters and gauges as scraped at the end (histogram buckets left out)."""
+    print("\n== GET /metrics (streamrec_* series, without histogram buckets) ==")
+    for line in exposition.splitlines():
+        if line.startswith("streamrec_") and "_bucket{" not in line and "_created" not in line:
+            print("  " + line)
 
 
 def _print_groups(stats: dict) -> None:

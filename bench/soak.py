@@ -78,7 +78,8 @@ def main() -> None:
         broker.create_topics(settings.topics(), partitions=settings.topic_partitions)
         env = {"STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
                "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir)}
-        with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
+        # The worker log is kept beside the results: a soak that goes wrong must be explainable.
+        with WorkerProcess(env, log_path=args.out / "worker.log", http_port=free_port()) as worker:
             kafka = producer(broker.bootstrap)
             publish(kafka, settings.topic("items"), items, label="catalog", progress=False)
             worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 600, "the catalog")

@@ -181,6 +181,7 @@ class Recommender:
         self.segment_popularity: dict[str, Popularity] = {}
         self.explored_slots = self.total_slots = 0  # for the exploration-rate metric
         self._changed_during_swap: set[str] | None = None  # item ids touched while a swap encodes
+        self._flushed: dict[str, dict] = {}  # what flush_state wrote last
         serving = self.blobs.get("serving")
         if serving is None:  # the first model this store serves: its profiles carry no space tag
             serving = {"first_version": self.model_version, "collections": {self.model_version: items_collection}}
@@ -209,15 +210,15 @@ class Recommender:
         return self.encoder.version
 
     def _load_catalog(self) -> None:
-        """Warm the item cache and restore persisted popularity (one scroll at start-up)."""
+        """Warm the item cache (one scroll at start-up)."""
         for point in self.store.scroll(self.items_collection, with_vectors=True):
             self.items.put(record_from_point(point))
-            pop = point.payload.get("popularity")
-            if pop:
-                self.popularity.restore(point.id, float(pop[0]), float(pop[1]))
 
     def _load_state(self) -> None:
-        """Topics, bandit arms and per-segment popularity from the state blobs."""
+        """Popularity, topics, bandit arms and per-segment popularity from the state blobs."""
+        for item_id, (count, updated) in (self.blobs.get("popularity") or {}).items():
+            if item_id not in self.popularity.snapshot():
+                self.popularity.restore(item_id, count, updated)
         topics = self.blobs.get(f"topics:{self.model_version}")
         self.topics, self.arms = None, {}
         if topics:
@@ -357,13 +358,10 @@ class Recommender:
         to_embed = [i for i in live if existing.get(i.item_id) is None
                     or existing[i.item_id].payload.get("text_hash") != digests[i.item_id]]
         vectors = dict(zip([i.item_id for i in to_embed], self._encode([texts[i.item_id] for i in to_embed])))
-        popularity = self.popularity.snapshot()
         points = []
         for item in live:
             vector = vectors[item.item_id] if item.item_id in vectors else existing[item.item_id].vector
             payload = item_payload(item, digests[item.item_id])
-            count, updated = popularity.get(item.item_id, (0.0, 0.0))
-            payload["popularity"] = [count, updated]
             points.append(Point(item.item_id, np.asarray(vector, dtype=np.float32), payload))
         if points:
             self.store.upsert(self.items_collection, points)
@@ -376,18 +374,23 @@ class Recommender:
         return CatalogChange(upserted=len(to_embed), unchanged=len(live) - len(to_embed), deleted=len(deleted))
 
     def flush_state(self) -> int:
-        """Persist popularity (into item payloads) and per-segment popularity, so a restarted
-        worker ranks the same way. Bandit arms are saved with each batch that changes them."""
+        """Persist popularity and per-segment popularity (when they changed), so a restarted
+        worker ranks the same way; bandit arms are saved with each batch that changes them.
+
+        One blob per kind, not a payload write per item: the embedded engine keeps every
+        overwritten version until it optimises (which it never does here), so writing thousands
+        of item payloads every few seconds grew the worker by ~350 bytes per write (measured).
+        """
         snapshot = self.popularity.snapshot()
-        present = {p.id for p in self.store.retrieve(self.items_collection, list(snapshot))}
-        for item_id in present:
-            count, updated = snapshot[item_id]
-            self.store.set_payload(self.items_collection, item_id, {"popularity": [count, updated]})
-        self.blobs.put("segment_popularity", {
-            segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
-            for segment, pop in self.segment_popularity.items()
-        })
-        return len(present)
+        by_segment = {segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
+                      for segment, pop in self.segment_popularity.items()}
+        if snapshot != self._flushed.get("popularity"):
+            self.blobs.put("popularity", {i: list(v) for i, v in snapshot.items()})
+            self._flushed["popularity"] = snapshot
+        if by_segment != self._flushed.get("segment_popularity"):
+            self.blobs.put("segment_popularity", by_segment)
+            self._flushed["segment_popularity"] = by_segment
+        return len(snapshot)
 
     # ---- events ----------------------------------------------------------------------------
     def process_events(self, events: Sequence[Event]) -> list[Message]:
@@ -598,7 +601,7 @@ class Recommender:
             "segments": dict(sorted(self.segment_counts.items(), key=lambda kv: -kv[1])),
             "interest_groups": self.groups.summary() if self.groups is not None else [],
             "topics": len(self.topics.names) if self.topics is not None else 0,
-            "exploration_rate": self.explored_slots / self.total_slots if self.total_slots else 0.0,
+            "explored_share": self.explored_slots / self.total_slots if self.total_slots else 0.0,
             "bandit": {
                 t: {"name": self.topics.name(t), "shown": a.shown, "rewarded": a.rewarded}
                 for t, a in sorted(self.arms.items()) if self.topics is not None

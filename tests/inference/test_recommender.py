@@ -66,7 +66,7 @@ def test_explored_slots_are_marked_new_to_the_user_and_explained(engine):
             assert item.item_id not in {"i1", "i9"}
         assert len({i.item_id for i in rec.items}) == len(rec.items)
     assert seen_explore > 0
-    assert 0 < engine.status()["exploration_rate"] < 0.7
+    assert 0 < engine.status()["explored_share"] < 0.7
 
 
 def test_a_click_on_an_explored_item_updates_the_bandit_once(engine):

@@ -55,6 +55,7 @@ def test_status_page_shows_live_figures_and_a_users_recommendations(broker, tmp_
         groups = dom[dom.index('id="groups"'):]
         assert groups[:groups.index("</table>")].count("<tr><td>") == 2, "two named interest groups"
         assert "variant: default" in dom
+        assert 'id="explore-rate">' in dom and 'id="explore-rate">–<' not in dom, "the exploration rate is shown"
         assert "&lt;b&gt;product&lt;/b&gt;" in dom or "because you" in dom or "recent activity" in dom
         assert "<b>product</b>" not in dom, "catalog text is escaped, never rendered as HTML"
         ARTIFACTS.mkdir(exist_ok=True)

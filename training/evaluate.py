@@ -9,7 +9,9 @@ Cold start (reported beside the warm figures, streamrec and popularity only):
 * **new items** (catalogs with item text): a deterministic ``cold_fraction`` of the items (by a
   hash of the item id) is removed from all training data of a separately trained model. Test
   cases are the users whose test unit holds at least one such item; the targets are those items,
-  ranked among all items. An unseen item's vector comes from its text alone. The same model's
+  ranked among all items. An unseen item's vector comes from its text alone (the content vector
+  that stands in for dropped ids in training, :mod:`training.model`), and the held-out items are
+  left out of the training loss (not even negatives: they do not exist yet). The same model's
   warm figure (the test unit's other items) is reported beside it.
 * **text-only users** (catalogs with item text): a user is represented only by one text, the
   titles of the items of their first basket joined by ", " — as if they had typed what they
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -335,6 +337,8 @@ def cold_items(
     model = result.model
     with torch.no_grad():
         item_vectors = model.items()
+    norms = item_vectors.norm(dim=1)
+    held_out = torch.from_numpy(drop)
 
     def score(users: np.ndarray, phase: Phase) -> torch.Tensor:
         return score_users(model, split, users, phase, item_vectors)
@@ -358,6 +362,11 @@ def cold_items(
             "streamrec_warm_targets: the same model on the other items of the test units."
         ),
         "held_out_items": int(drop.sum()),
+        # A new item ranks only if its text-made vector is on the trained vectors' scale.
+        "median_vector_norm": {
+            "held_out": round(float(norms[held_out].median()), 4),
+            "trained": round(float(norms[~held_out].median()), 4),
+        },
         "results": results,
         "warm_hr@10": warm.get("hr@10"),
         "cold_over_warm_hr@10": round(results["streamrec"]["hr@10"] / warm["hr@10"], 4) if warm.get("hr@10") else None,

@@ -7,7 +7,8 @@ Training examples come from the history units only (DESIGN §4):
 * baskets: one example per history basket, the past baskets (last ``max_len`` items) predicting
   all items of that basket (cross-entropy averaged over the basket's items).
 
-The loss is cross-entropy over all items (no sampled negatives), which on CPU converges in far
+The loss is cross-entropy over all items (no sampled negatives; items held out of training are
+left out of it: they are not in the catalog yet), which on CPU converges in far
 fewer epochs than sampled losses. After each epoch the validation unit is ranked with the
 protocol's exclusion and the epoch with the best NDCG@10 is kept (early stopping).
 """
@@ -205,6 +206,10 @@ def batch_loss(model: TwoTower, batch: tuple[torch.Tensor, ...]) -> torch.Tensor
     item_vectors = model.items()
     hidden = model.encode(item_vectors, tokens, ages)
     logits = hidden[q_rows, q_pos] @ item_vectors.T
+    # Items held out of training (id masked) are not in the catalog yet: not negatives either,
+    # or the loss teaches the text projection to push their texts down, and they never rank.
+    # (A large finite value, not -inf: a 0 target weight times -inf would be NaN.)
+    logits = logits.masked_fill(model.items.id_mask[:, 0] == 0, -1e9)
     if len(t_query) == len(q_rows):  # one target per query: the fused, cheaper path
         return F.cross_entropy(logits, t_item)
     # Several targets (a basket): cross-entropy against the uniform distribution over them.
@@ -270,6 +275,11 @@ def fit(
             model.items.ids.weight.copy_(
                 cooccurrence_embeddings(split, config.tower.dim, config.warm_start_window, drop, config.seed)
             )
+        if model.items.text_proj is not None and model.items.replace:
+            # Content, which stands in for ids, starts where the warm-started ids are and on
+            # their scale, not at random (a fraction of their length).
+            known = torch.ones(split.n_items, dtype=torch.bool) if drop is None else torch.from_numpy(~drop)
+            model.items.fit_text_projection(known)
     if drop is not None:
         model.items.mask_ids(np.flatnonzero(drop))
     examples = training_examples(split, config, drop)

@@ -113,6 +113,8 @@ def test_evaluate_online_retail_with_cold_start(
     assert set(result["results"]) == {"popularity", "streamrec"}
     cold = result["cold_start"]
     assert cold["new_items"]["held_out_items"] > 0
+    assert set(cold["new_items"]["median_vector_norm"]) == {"held_out", "trained"}
+    assert cold["new_items"]["median_vector_norm"]["held_out"] > 0
     assert {"streamrec", "popularity", "streamrec_warm_targets"} == set(cold["new_items"]["results"])
     assert {"streamrec", "encoder_cosine", "popularity"} == set(cold["text_only_users"]["results"])
     for block in cold.values():

@@ -7,8 +7,6 @@ and onnx are imported inside the functions that need them: importing this module
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +15,6 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from inference.encoder import (
     load_tokenizer,
     pad_batch,
 )
+from inference.file_lock import exclusive_lock
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_ABS_DIFF = 1e-4
@@ -263,16 +261,6 @@ def export_onnx(model_dir: Path, out_dir: Path, *, opset: int = 17, max_length: 
     return out_dir
 
 
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_exported(model_dir: Path, cache_root: Path) -> Path:
     """Return `cache_root/<version>`, exporting `model_dir` there only if it is not cached yet.
 
@@ -284,7 +272,7 @@ def ensure_exported(model_dir: Path, cache_root: Path) -> Path:
     if (target / MANIFEST_FILE).is_file():
         return target
     cache_root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_root / f".{target.name}.lock"):
+    with exclusive_lock(cache_root / f".{target.name}.lock"):
         if (target / MANIFEST_FILE).is_file():
             return target
         # Holding the lock, any leftover temporary folder belongs to an export that was killed.

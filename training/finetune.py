@@ -25,8 +25,6 @@ torch and transformers are imported inside the functions that need them, so the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -48,6 +46,7 @@ from pydantic import ValidationError
 
 from inference.catalog import item_text
 from inference.encoder import MANIFEST_FILE, load_tokenizer, pad_batch
+from inference.file_lock import exclusive_lock
 from inference.schemas import Event, EventType, Item
 from training.datasets import RetailLog
 
@@ -570,16 +569,6 @@ def _rfc3339(value: datetime | pd.Timestamp) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def read_registry(models_root: Path) -> list[dict[str, Any]]:
     """The published versions, oldest first ([] when none); ``path`` is relative to models_root."""
     path = Path(models_root) / REGISTRY_FILE
@@ -598,7 +587,7 @@ def append_registry(models_root: Path, entry: dict[str, Any]) -> list[dict[str, 
     """Append ``entry`` under a lock, writing a temporary file and renaming it over the registry."""
     models_root = Path(models_root)
     models_root.mkdir(parents=True, exist_ok=True)
-    with _locked(models_root / f".{REGISTRY_FILE}.lock"):
+    with exclusive_lock(models_root / f".{REGISTRY_FILE}.lock"):
         entries = [*read_registry(models_root), entry]
         tmp = models_root / f".{REGISTRY_FILE}.{uuid.uuid4().hex[:8]}.tmp"
         try:

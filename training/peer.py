@@ -24,21 +24,19 @@ every system.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inference.file_lock import exclusive_lock
 from training.split import EvalCases, ProtocolSplit
 
 PEER_REQUIREMENTS = ("torch==2.13.0", "numpy<2", "pandas<3", "pyarrow<20", "recbole==1.2.1")
@@ -72,17 +70,6 @@ class PeerSettings:
 # The peer's environment
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def peer_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
@@ -95,7 +82,7 @@ def ensure_peer_venv(venv: Path, *, python: str | None = None) -> Path:
     wanted = "\n".join(PEER_REQUIREMENTS)
     if stamp.is_file() and stamp.read_text() == wanted:
         return peer_python(venv)
-    with _locked(venv.with_name(venv.name + ".lock")):
+    with exclusive_lock(venv.with_name(venv.name + ".lock")):
         if stamp.is_file() and stamp.read_text() == wanted:
             return peer_python(venv)
         base = python or getattr(sys, "_base_executable", None) or sys.executable

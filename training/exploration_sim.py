@@ -122,18 +122,13 @@ def item_vectors(titles: Sequence[str], *, data_dir: Path | None = None, progres
     model, a minute or two; encoding ~4k titles takes about half a minute on 2 cores)."""
     from inference.catalog import item_text
     from inference.encoder import TextEncoder, read_manifest
+    from inference.recommender import encoder_dir
     from inference.settings import InferenceSettings
 
     settings = InferenceSettings() if data_dir is None else InferenceSettings(data_dir=data_dir)
     if progress:
         print("explore-sim: preparing the encoder (the first run exports it)...", file=sys.stderr)
-    if settings.encoder_onnx_dir is not None:
-        onnx_dir = settings.encoder_onnx_dir
-    else:
-        # inference.recommender.encoder_dir's rule, without importing the serving stack
-        from inference.export import default_model_dir, ensure_exported
-
-        onnx_dir = ensure_exported(settings.encoder_model_dir or default_model_dir(), settings.data_dir / "models")
+    onnx_dir = encoder_dir(settings)
     version = str(read_manifest(onnx_dir)["version"])
     texts = [item_text(t) for t in titles]
     digest = hashlib.sha256("\n".join([version, *texts]).encode()).hexdigest()[:20]

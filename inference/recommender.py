@@ -31,7 +31,7 @@ from inference.catalog import (
     record_from_point,
     text_hash,
 )
-from inference.clustering import interest_centroids
+from inference.clustering import InterestCentroid, interest_centroids
 from inference.encoder import TextEncoder
 from inference.experiments import VariantSpec, assign_variant
 from inference.explanations import Evidence, explain
@@ -485,14 +485,12 @@ class Recommender:
         if previous is not None and self.segment_counts.get(previous, 0) > 0:
             self.segment_counts[previous] -= 1
         self.segment_counts[scored.segment] = self.segment_counts.get(scored.segment, 0) + 1
-        group = self.groups.group_of(profile.long_term.direction())[0] \
-            if self.groups is not None and profile.long_term is not None and profile.long_term.direction() is not None \
-            else None
+        group = self._group(profile)
         return profile, SegmentChange(
             user_id=profile.user_id, segment=scored.segment, previous=previous, recency_days=scored.recency_days,
             frequency=profile.rfm.purchases, monetary=round(profile.rfm.monetary, 2), r=scored.r, f=scored.f,
             m=scored.m, purchase_probability=round(self.purchase_model.predict(profile.rfm, now), 4),
-            horizon_days=int(self.purchase_model.horizon_days), interest_group=group,
+            horizon_days=int(self.purchase_model.horizon_days), interest_group=group[0] if group is not None else None,
             at=datetime.fromtimestamp(now, timezone.utc),
         )
 
@@ -570,16 +568,9 @@ class Recommender:
         profile = self._load_profiles([user_id])[user_id]
         now = max(self.clock, profile.rfm.last_purchase_ts or 0.0)
         scored = rfm_score(profile.rfm, now, self.cutoffs)
-        direction = profile.long_term.direction() if profile.long_term is not None else None
-        group = self.groups.group_of(direction)[0] if self.groups is not None and direction is not None else None
-        records = self.items.get_many(r.item_id for r in profile.recent)
-        recent = [r for r in profile.recent if r.item_id in records]
-        interests = interest_centroids(
-            [r.item_id for r in recent], np.stack([records[r.item_id].vector for r in recent]) if recent else
-            np.zeros((0, self.dim), np.float32),
-            recent_weights(replace(profile, recent=tuple(recent)), now or time.time(), self.params),
-            max_clusters=self.settings.interest_clusters,
-        ) if recent else []
+        group = self._group(profile)
+        interests = self._interests(profile, self.settings.interest_clusters)
+        records = self.items.get_many(c.medoid_item for c in interests)
         return {
             "user_id": user_id,
             "events": profile.events,
@@ -588,7 +579,7 @@ class Recommender:
                     "monetary": round(profile.rfm.monetary, 2), "r": scored.r, "f": scored.f, "m": scored.m},
             "purchase_probability": round(self.purchase_model.predict(profile.rfm, now), 4) if profile.events else None,
             "horizon_days": self.purchase_model.horizon_days,
-            "interest_group": group,
+            "interest_group": group[0] if group is not None else None,
             "interests": [{"item_id": c.medoid_item, "title": records[c.medoid_item].title,
                            "weight": round(c.weight, 3)} for c in interests],
             "variant": self.strategy(user_id).variant,
@@ -636,23 +627,34 @@ class Recommender:
         exclude = profile.purchased if self.settings.exclude_purchased else ()
         return Filter(equals=equals, exclude_ids=tuple(exclude), ranges=ranges)
 
+    def _interests(self, profile: Profile, clusters: int) -> list[InterestCentroid]:
+        """The user's distinct recent interests (PinnerSage-style medoids), heaviest first."""
+        records = self.items.get_many(r.item_id for r in profile.recent)
+        recent = [(r, w) for r, w in zip(profile.recent, recent_weights(profile, self._now(profile), self.params))
+                  if r.item_id in records]
+        if not recent:
+            return []
+        return interest_centroids([r.item_id for r, _ in recent], np.stack([records[r.item_id].vector for r, _ in recent]),
+                                  [w for _, w in recent], max_clusters=clusters)
+
+    def _now(self, profile: Profile) -> float:
+        """Event time for a user: the engine's clock, or the user's latest event if that is later."""
+        return max(self.clock, profile.recent[-1].ts if profile.recent else 0.0, profile.rfm.last_purchase_ts or 0.0)
+
+    def _group(self, profile: Profile) -> tuple[str, np.ndarray] | None:
+        """The user's interest group (name, centroid), once groups exist and the user has an interest."""
+        direction = profile.long_term.direction() if profile.long_term is not None else None
+        return self.groups.group_of(direction) if self.groups is not None and direction is not None else None
+
     def _queries(self, profile: Profile, clusters: int) -> list[np.ndarray]:
-        """The vectors to retrieve with: the blended interest, then (PinnerSage-style) the medoid
-        of each of the user's distinct recent interests, so one strong interest cannot crowd out
-        the others."""
+        """The vectors to retrieve with: the blended interest, then the medoid of each of the
+        user's distinct recent interests, so one strong interest cannot crowd out the others."""
         main = query_vector(profile, self.params)
         if main is None:
             return []
         if clusters <= 1 or len(profile.recent) < 2:
             return [main]
-        records = self.items.get_many(r.item_id for r in profile.recent)
-        now = max(self.clock, profile.recent[-1].ts)
-        recent = [(r, w) for r, w in zip(profile.recent, recent_weights(profile, now, self.params))
-                  if r.item_id in records]
-        if len(recent) < 2:
-            return [main]
-        centroids = interest_centroids([r.item_id for r, _ in recent], np.stack([records[r.item_id].vector for r, _ in recent]),
-                                       [w for _, w in recent], max_clusters=clusters)
+        centroids = self._interests(profile, clusters)
         return [main] + [c.vector for c in centroids] if len(centroids) > 1 else [main]
 
     def _recommend_many(
@@ -719,10 +721,7 @@ class Recommender:
 
     def _evidence(self, profile: Profile, segment_popular: dict[str, frozenset[str]]) -> Evidence:
         records = self.items.get_many(r.item_id for r in profile.recent)
-        group_name = group_centroid = None
-        direction = profile.long_term.direction() if profile.long_term is not None else None
-        if self.groups is not None and direction is not None:
-            group_name, group_centroid = self.groups.group_of(direction)
+        group_name, group_centroid = self._group(profile) or (None, None)
         segment = profile.segment or ""
         if segment not in segment_popular:  # one top-N per segment per batch, not per user
             popular = self.segment_popularity.get(segment)

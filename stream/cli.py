@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _dump_topics(settings, folder: Path) -> tuple[Path, Path]:
     """The logged events and the catalog, as JSON lines, from the topics (what training reads)."""
-    from stream.ab_report import read_to_end
+    from stream.topic_reader import read_to_end
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / "events.jsonl", folder / "items.jsonl"

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from inference.schemas import ModelUpdate, utcnow
-from stream.ab_report import read_to_end
+from stream.topic_reader import read_to_end
 from stream.kafka_auth import kafka_python_config
 from stream.settings import StreamSettings
 

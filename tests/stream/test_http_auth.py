@@ -5,7 +5,6 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-import pytest
 
 from tests.fixtures.kafka_fixtures import Deployment
 

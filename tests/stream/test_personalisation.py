@@ -11,6 +11,8 @@ import pytest
 
 from inference.schemas import Event, EventType, Item, Recommendation, SegmentChange
 from stream import ab_report
+from stream.settings import StreamSettings
+from stream.topic_reader import read_to_end
 from tests.fixtures.kafka_fixtures import Deployment
 
 T0 = datetime(2011, 6, 1, 9, 0, tzinfo=timezone.utc)
@@ -86,9 +88,9 @@ def test_a_click_on_an_explored_item_changes_the_bandit_and_variants_are_recorde
                                                                "STREAMREC_TOPIC_PREFIX")})
     try:
         rows = {r.variant: r for r in ab_report.report(ab_report.tally(
-            list(ab_report._parse(ab_report.read_to_end(ab_report.StreamSettings(), d.topic("recommendations")),
+            list(ab_report._parse(read_to_end(StreamSettings(), d.topic("recommendations")),
                                   Recommendation, {}, "r")),
-            ab_report._parse(ab_report.read_to_end(ab_report.StreamSettings(), d.topic("events")), Event, {}, "e"),
+            ab_report._parse(read_to_end(StreamSettings(), d.topic("events")), Event, {}, "e"),
         ))}
         assert rows["explore"].impressions == 1 and rows["explore"].clicks == 1
         assert rows["control"].recommendations + rows["explore"].recommendations >= len(users)

@@ -380,6 +380,11 @@ class Recommender:
         One blob per kind, not a payload write per item: the embedded engine keeps every
         overwritten version until it optimises (which it never does here), so writing thousands
         of item payloads every few seconds grew the worker by ~350 bytes per write (measured).
+
+        Then the store is flushed. The embedded engine truncates its write-ahead log and frees
+        overwritten payload blocks only on a flush; without one, every profile write stayed on
+        disk and in memory (~6.7 KB per event) and each batch got slower, which is what made the
+        30-minute soak fall behind (bench/reports/soak-20261129).
         """
         snapshot = self.popularity.snapshot()
         by_segment = {segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
@@ -390,6 +395,7 @@ class Recommender:
         if by_segment != self._flushed.get("segment_popularity"):
             self.blobs.put("segment_popularity", by_segment)
             self._flushed["segment_popularity"] = by_segment
+        self.store.flush()
         return len(snapshot)
 
     # ---- events ----------------------------------------------------------------------------

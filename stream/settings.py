@@ -67,7 +67,10 @@ class StreamSettings(BaseSettings):
     max_future_skew_s: float = Field(
         default=86_400.0, ge=0, description="Events stamped further than this in the future are dead-lettered."
     )
-    popularity_flush_s: float = Field(default=10.0, gt=0, description="How often popularity is persisted.")
+    popularity_flush_s: float = Field(
+        default=10.0, gt=0,
+        description="How often popularity is persisted and the vector store flushed (which bounds its write-ahead log).",
+    )
     broker_check_s: float = Field(
         default=2.0, gt=0, description="How often /health checks that a Kafka bootstrap server is reachable."
     )

@@ -188,6 +188,17 @@ def test_interest_centroids_retrieve_around_each_interest(engine):
     assert all(np.isclose(np.linalg.norm(q), 1.0, atol=1e-4) for q in queries)
 
 
+def test_flush_state_flushes_the_store(engine, monkeypatch):
+    """The periodic flush is what lets the embedded engine truncate its log (test_store.py
+    shows the growth without it)."""
+    flushes = []
+    monkeypatch.setattr(engine.store, "flush", lambda: flushes.append(True))
+    engine.process_events([ev(0, "u-flush", "i1")])
+    engine.flush_state()
+    engine.flush_state()  # nothing new to persist: the store is still flushed
+    assert len(flushes) == 2
+
+
 def test_an_erased_user_leaves_nothing_behind(engine):
     user = "forget-me"
     rec = recs(engine.process_events([ev(0, user, "i1"), ev(1, user, "i2", minutes=1)]))[0]

@@ -123,17 +123,21 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     print(flush=True)
 
 
-def rss_bytes(pid: int | None = None) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process from /proc, in bytes: resident now and its peak."""
-    path = f"/proc/{pid or 'self'}/status"
-    rss = hwm = 0
-    with open(path) as f:
+def proc_status(pid: int | None = None) -> dict[str, int]:
+    """The memory lines of /proc/<pid>/status, in bytes (VmRSS, VmHWM, RssAnon, RssFile, ...)."""
+    fields = {}
+    with open(f"/proc/{pid or 'self'}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return rss, hwm
+            key, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def rss_bytes(pid: int | None = None) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process, in bytes: resident now and its peak."""
+    fields = proc_status(pid)
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
 
 
 def mib(n: float) -> str:
@@ -165,11 +169,6 @@ def blas_threads(n: int | None = None) -> int | None:
 
 def rss_split(pid: int | None = None) -> str:
     """Resident memory split into anonymous (heap, owned) and file-backed (mapped files, reclaimable)."""
-    fields = {}
-    with open(f"/proc/{pid or 'self'}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) * 1024
+    fields = proc_status(pid)
     return (f"{mib(fields.get('VmRSS', 0))} (anonymous {mib(fields.get('RssAnon', 0))}, "
             f"file-backed {mib(fields.get('RssFile', 0))})")

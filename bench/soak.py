@@ -8,7 +8,13 @@ changing and nothing is a duplicate). Every `--every` seconds it samples through
 plot and prints a table comparing the first and last fifth of the run (the baseline is the run's
 own beginning: flat memory and stable freshness mean the last fifth matches the first).
 
-    python bench/soak.py --minutes 30 --rate 200
+    python -m bench.soak --minutes 30 --rate 100
+
+The local broker (Tansu 0.6, memory storage) stops answering fetches near the tail of a
+partition that holds about 18,000 record batches (`python -m bench.broker_limits` measures it),
+and it cannot trim a topic (no DeleteRecords). The soak therefore spreads its events over
+`--partitions` partitions (16 by default) and refuses a run that would pass 15,000 batches in
+one partition; a real Kafka cluster has no such limit (retention trims it).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import proc_status
 from inference.recommender import encoder_dir
 from inference.schemas import Event
 from inference.settings import InferenceSettings
@@ -35,11 +42,14 @@ from stream.worker_process import WorkerProcess
 from training.datasets import default_online_retail_path, load_online_retail, sample_customers
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+# Below the local broker's cliff (~18,000 record batches per partition), with a margin.
+BROKER_BATCHES_PER_PARTITION = 15_000
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory: VmRSS (all), RssAnon (heap: a leak shows here) or RssFile (mapped files,
+    e.g. the store's segments, which the kernel can drop)."""
+    return proc_status(pid).get(field, 0) / 2**20
 
 
 def endless(events: list[Event], span_s: float):
@@ -61,8 +71,15 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=200.0, help="events per second")
     p.add_argument("--customers", type=int, default=300)
     p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--partitions", type=int, default=16,
+                   help="partitions per topic (keeps each under the local broker's batch limit)")
     p.add_argument("--out", type=Path, default=Path("bench/results") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args()
+    per_partition = args.rate * args.minutes * 60 / args.partitions
+    if per_partition > BROKER_BATCHES_PER_PARTITION:
+        p.error(f"{per_partition:,.0f} events per partition would pass the local broker's limit of "
+                f"{BROKER_BATCHES_PER_PARTITION:,} record batches per partition (see the module docstring); "
+                f"use --partitions {int(np.ceil(args.rate * args.minutes * 60 / BROKER_BATCHES_PER_PARTITION))} or more")
     args.out.mkdir(parents=True, exist_ok=True)
 
     onnx_dir = encoder_dir(InferenceSettings())
@@ -74,7 +91,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamrec-soak-") as tmp, LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
-        settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap)
+        settings = StreamSettings(kafka_bootstrap_servers=broker.bootstrap, topic_partitions=args.partitions)
         broker.create_topics(settings.topics(), partitions=settings.topic_partitions)
         env = {"STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
                "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir)}
@@ -115,7 +132,9 @@ def main() -> None:
                     "recs_per_s": round(len(window) / args.every, 1),
                     "freshness_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
                     "freshness_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None,
+                    "behind": n_sent - sum(v for k, v in stats["processed"].items() if k.startswith("event.")),
                     "worker_rss_mb": round(rss_mb(worker.proc.pid), 1),
+                    "worker_anon_mb": round(rss_mb(worker.proc.pid, "RssAnon"), 1),
                     "loadavg_1m": round(os.getloadavg()[0], 2),
                 }
                 seen_sent = n_sent
@@ -148,13 +167,15 @@ def summarise(rows: list[dict], args) -> None:
     first, last = _fifth(rows, False), _fifth(rows, True)
     print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s ({time.strftime('%Y-%m-%d %H:%M')}) ==")
     print(f"{'metric (median of samples)':<34}{'first fifth':>14}{'last fifth':>14}{'last/first':>12}")
-    for key in ("sent_per_s", "recs_per_s", "freshness_p50_ms", "freshness_p99_ms", "worker_rss_mb", "loadavg_1m"):
+    for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "worker_rss_mb",
+                "worker_anon_mb", "loadavg_1m"):
         a, b = med(first, key), med(last, key)
         print(f"{key:<34}{a:>14.1f}{b:>14.1f}{(b / a if a else float('nan')):>12.2f}")
-    rss = np.array([r["worker_rss_mb"] for r in rows])
     t = np.array([r["t_s"] for r in rows]) / 3600
-    slope = float(np.polyfit(t, rss, 1)[0]) if len(rows) > 2 else float("nan")
-    print(f"worker RSS trend over the run: {slope:+.1f} MB/hour; csv and plot in {args.out}")
+    for key in ("worker_rss_mb", "worker_anon_mb"):
+        slope = float(np.polyfit(t, [r[key] for r in rows], 1)[0]) if len(rows) > 2 else float("nan")
+        print(f"{key} trend over the run: {slope:+.1f} MB/hour")
+    print(f"csv and plot in {args.out}")
 
 
 def plot(rows: list[dict], path: Path, rate: float) -> None:
@@ -175,8 +196,10 @@ def plot(rows: list[dict], path: Path, rate: float) -> None:
     axes[1].set_ylabel("freshness, ms")
     axes[1].set_yscale("log")
     axes[1].legend()
-    axes[2].plot(t, [r["worker_rss_mb"] for r in rows])
-    axes[2].set_ylabel("worker RSS, MB")
+    axes[2].plot(t, [r["worker_rss_mb"] for r in rows], label="RSS")
+    axes[2].plot(t, [r["worker_anon_mb"] for r in rows], label="of which anonymous (heap)")
+    axes[2].set_ylabel("worker memory, MB")
+    axes[2].legend()
     axes[2].set_xlabel("minutes")
     fig.suptitle(f"streamrec soak at {rate:g} events/s")
     fig.tight_layout()

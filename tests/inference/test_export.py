@@ -121,7 +121,7 @@ def test_concurrent_processes_export_once(tiny_model_dir: Path, tmp_path: Path) 
     log = tmp_path / "exports.log"
     script = textwrap.dedent(
         f"""
-        import os, sys, time
+        import json, os, sys, time
         from pathlib import Path
         from inference import export
 
@@ -131,7 +131,7 @@ def test_concurrent_processes_export_once(tiny_model_dir: Path, tmp_path: Path) 
             time.sleep(1.0)
             tmp = out_dir.with_name("." + out_dir.name + ".tmp-fake")
             tmp.mkdir()
-            (tmp / "manifest.json").write_text("{{}}")
+            (tmp / "manifest.json").write_text(json.dumps({{"graph": export.GRAPH_FORMAT}}))
             os.rename(tmp, out_dir)
             return out_dir
 
@@ -223,3 +223,17 @@ def test_import_does_not_load_torch() -> None:
     code = "import sys, inference.export; assert not {'torch', 'transformers', 'onnx'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True,
                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_an_export_in_an_older_graph_format_is_exported_again(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Caches written before attention fusion are replaced in place, under the same version."""
+    target = ensure_exported(tiny_model_dir, tmp_path)
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    assert manifest["graph"] == export.GRAPH_FORMAT
+    assert manifest["fused_operators"].get("Attention", 0) >= 1, manifest["fused_operators"]
+    del manifest["graph"]
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    again = ensure_exported(tiny_model_dir, tmp_path)
+    assert again == target
+    assert json.loads((again / MANIFEST_FILE).read_text())["graph"] == export.GRAPH_FORMAT

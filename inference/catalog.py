@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -101,17 +102,26 @@ class ItemCache:
 
 
 class Popularity:
-    """Time-decayed interaction counts per item, decayed to the newest event time seen."""
+    """Time-decayed interaction counts per item, decayed to the newest event time seen.
+
+    Every count decays by the same factor, so the order of items never depends on "now": an
+    item's rank key log2(count) + updated / half_life is fixed until it is counted again. `top`
+    ranks by that key, without decaying every count on every call."""
 
     def __init__(self, half_life_s: float):
         self.half_life_s = half_life_s
         self._counts: dict[str, tuple[float, float]] = {}
+        self._rank: dict[str, float] = {}
         self.now = 0.0
+
+    def _set(self, item_id: str, count: float, updated: float) -> None:
+        self._counts[item_id] = (count, updated)
+        self._rank[item_id] = (math.log2(count) if count > 0 else -math.inf) + updated / self.half_life_s
 
     def add(self, item_id: str, weight: float, ts: float) -> None:
         count, updated = self._counts.get(item_id, (0.0, ts))
         ref = max(ts, updated)
-        self._counts[item_id] = (count * decay(ref - updated, self.half_life_s) + weight, ref)
+        self._set(item_id, count * decay(ref - updated, self.half_life_s) + weight, ref)
         self.now = max(self.now, ts)
 
     def value(self, item_id: str) -> float:
@@ -122,14 +132,15 @@ class Popularity:
         return {i: self.value(i) for i in item_ids}
 
     def top(self, n: int) -> list[str]:
-        return [i for i, _ in heapq.nlargest(n, ((i, self.value(i)) for i in self._counts), key=lambda t: t[1])]
+        return heapq.nlargest(n, self._rank, key=self._rank.__getitem__)
 
     def forget(self, item_id: str) -> None:
         self._counts.pop(item_id, None)
+        self._rank.pop(item_id, None)
 
     def snapshot(self) -> dict[str, tuple[float, float]]:
         return dict(self._counts)
 
     def restore(self, item_id: str, count: float, updated: float) -> None:
-        self._counts[item_id] = (count, updated)
+        self._set(item_id, count, updated)
         self.now = max(self.now, updated)

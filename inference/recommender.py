@@ -675,19 +675,21 @@ class Recommender:
         if flat:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
+                # Ids and scores only: title, category and price come from the item cache.
                 batch = self.store.search_batch(
                     self.items_collection, np.stack([q for _, q in flat]), limit,
-                    filters=[store_filters[i] for i, _ in flat]
+                    filters=[store_filters[i] for i, _ in flat], with_payload=False,
                 )
+            records = self.items.get_many(h.id for hits in batch for h in hits)
             for (i, _), hits in zip(flat, batch):
-                records = self.items.get_many(h.id for h in hits)
                 merged = hits_by_index.setdefault(i, {})
                 for h in hits:
+                    record = records.get(h.id)
+                    if record is None:  # deleted since the search
+                        continue
                     if h.id not in merged or merged[h.id].similarity < h.score:
-                        record = records.get(h.id)
-                        merged[h.id] = Candidate(h.id, h.score, record.vector if record else None,
-                                                 h.payload.get("title", h.id), h.payload.get("category"),
-                                                 h.payload.get("price"))
+                        merged[h.id] = Candidate(h.id, h.score, record.vector, record.title, record.category,
+                                                 record.price)
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
         out = []

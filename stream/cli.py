@@ -303,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_settings)
 
     bn = sub.add_parser("bench", help="run a benchmark program from bench/ (prints tables; see bench/README.md)")
-    bn.add_argument("program", choices=["pipeline", "encoder", "retrieval", "memory"])
+    bn.add_argument("program", choices=["pipeline", "encoder", "retrieval", "memory", "soak", "broker_limits"])
     bn.add_argument("args", nargs=argparse.REMAINDER, help="the program's own options (e.g. --sizes 10000)")
     bn.set_defaults(func=_bench)
     return p

@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from inference.ranking import Candidate, Weights, popularity_score, rank
+from inference.ranking import Candidate, Weights, popularity_score, rank, score
 
 
 def test_popularity_score_is_log_scaled_and_bounded():
@@ -35,3 +37,34 @@ def test_a_price_boost_promotes_dearer_items_only_when_set():
     assert [r.item_id for r in plain] == ["cheap", "dear"]
     boosted = rank([cheap, dear], k=2, popularity={}, category_affinity={}, weights=Weights(price=0.2))
     assert [r.item_id for r in boosted] == ["dear", "cheap"]
+
+
+def _rank_one_by_one(candidates, *, k, popularity, category_affinity, weights):
+    """The definition rank() must match: score every candidate, sort by (-score, id), keep k."""
+    max_pop = max((popularity.get(c.item_id, 0.0) for c in candidates), default=0.0)
+    max_price = max((c.price or 0.0 for c in candidates), default=0.0)
+    scored = []
+    for c in candidates:
+        pop = popularity_score(popularity.get(c.item_id, 0.0), max_pop)
+        aff = category_affinity.get(c.category, 0.0) if c.category else 0.0
+        price = popularity_score(c.price or 0.0, max_price) if weights.price else 0.0
+        scored.append((-score(c, pop, aff, price, weights), c.item_id, pop))
+    return [(i, -s, p) for s, i, p in sorted(scored)[:k]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([0.1, 0.5, 0.5, 0.9]), st.sampled_from([None, "a", "b"]),
+                       st.sampled_from([None, 0.0, 5.0, 20.0]), st.sampled_from([0.0, 1.0, 3.0])),
+             max_size=60),
+    st.integers(0, 15),
+    st.sampled_from([0.0, 0.3]),
+)
+def test_rank_matches_scoring_every_candidate_one_by_one(rows, k, price_weight):
+    """Many exact ties (repeated similarities and popularity), so the tie-break at the k-th place counts."""
+    candidates = [Candidate(f"i{n:02d}", sim, None, f"t{n}", cat, price) for n, (sim, cat, price, _) in enumerate(rows)]
+    popularity = {f"i{n:02d}": pop for n, (*_, pop) in enumerate(rows)}
+    weights = Weights(price=price_weight)
+    got = rank(candidates, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
+    want = _rank_one_by_one(candidates, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
+    assert [(r.item_id, r.score, r.popularity) for r in got] == want

@@ -190,6 +190,18 @@ def test_search_batch_matches_single_searches(filled):
         filled.search_batch(COLL, queries, 2, filters=[None])
 
 
+def test_search_batch_without_payload_returns_the_same_ids_and_scores(filled):
+    shared = Filter(ranges={"price": (10, None)}, exclude_ids=["p1"])  # one object for several rows
+    queries = np.stack([unit(0), fan(50), fan(25)])
+    full = filled.search_batch(COLL, queries, 3, filters=[shared, shared, None])
+    bare = filled.search_batch(COLL, queries, 3, filters=[shared, shared, None], with_payload=False)
+    assert [ids(r) for r in bare] == [ids(r) for r in full]
+    assert [h.score for r in bare for h in r] == pytest.approx([h.score for r in full for h in r], abs=1e-6)
+    assert all(h.payload == {} for r in bare for h in r)
+    assert all(h.payload for r in full for h in r)
+    assert "p1" not in ids(bare[0]) + ids(bare[1])
+
+
 def test_delete_removes_from_search_at_once(filled):
     filled.delete(COLL, ["p0", "p2", "never-existed"])
     assert ids(filled.search(COLL, unit(0), 3)) == ["p1", "p3", "p4"]

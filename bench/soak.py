@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.pipeline import cpu_seconds, stage_totals
 from bench.report import proc_status
 from inference.recommender import encoder_dir
 from inference.schemas import Event
@@ -117,6 +118,11 @@ def main() -> None:
             start = time.time()
             thread.start()
             seen_recs, seen_sent = 0, 0
+            # The worker's own time per event batch and its CPU: if freshness drifts while these
+            # stay flat, the drift is in the transport (broker), not in streamrec's processing.
+            batch_key = ("streamrec_batch_seconds_sum", 'topic="events"')
+            count_key = ("streamrec_batch_seconds_count", 'topic="events"')
+            last_metrics, last_cpu = stage_totals(worker), cpu_seconds(worker.proc.pid)
             while time.time() - start < args.minutes * 60:
                 time.sleep(args.every)
                 now = time.time()
@@ -137,6 +143,12 @@ def main() -> None:
                     "worker_anon_mb": round(rss_mb(worker.proc.pid, "RssAnon"), 1),
                     "loadavg_1m": round(os.getloadavg()[0], 2),
                 }
+                metrics, cpu = stage_totals(worker), cpu_seconds(worker.proc.pid)
+                batches = metrics.get(count_key, 0) - last_metrics.get(count_key, 0)
+                busy = metrics.get(batch_key, 0) - last_metrics.get(batch_key, 0)
+                row["worker_batch_ms"] = round(1000 * busy / batches, 2) if batches else None
+                row["worker_cpu_pct"] = round(100 * (cpu - last_cpu) / args.every, 1)
+                last_metrics, last_cpu = metrics, cpu
                 seen_sent = n_sent
                 rows.append(row)
                 print(row, flush=True)
@@ -167,8 +179,8 @@ def summarise(rows: list[dict], args) -> None:
     first, last = _fifth(rows, False), _fifth(rows, True)
     print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s ({time.strftime('%Y-%m-%d %H:%M')}) ==")
     print(f"{'metric (median of samples)':<34}{'first fifth':>14}{'last fifth':>14}{'last/first':>12}")
-    for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "worker_rss_mb",
-                "worker_anon_mb", "loadavg_1m"):
+    for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "worker_batch_ms",
+                "worker_cpu_pct", "worker_rss_mb", "worker_anon_mb", "loadavg_1m"):
         a, b = med(first, key), med(last, key)
         print(f"{key:<34}{a:>14.1f}{b:>14.1f}{(b / a if a else float('nan')):>12.2f}")
     t = np.array([r["t_s"] for r in rows]) / 3600

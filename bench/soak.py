@@ -120,8 +120,8 @@ def main() -> None:
             seen_recs, seen_sent = 0, 0
             # The worker's own time per event batch and its CPU: if freshness drifts while these
             # stay flat, the drift is in the transport (broker), not in streamrec's processing.
-            batch_key = ("streamrec_batch_seconds_sum", 'topic="events"')
-            count_key = ("streamrec_batch_seconds_count", 'topic="events"')
+            batch_key = ("streamrec_batch_seconds_sum", "events")
+            count_key = ("streamrec_batch_seconds_count", "events")
             last_metrics, last_cpu = stage_totals(worker), cpu_seconds(worker.proc.pid)
             while time.time() - start < args.minutes * 60:
                 time.sleep(args.every)

@@ -117,12 +117,16 @@ class TorchEncoder:
 
 def quantized_copy(onnx_dir: Path, out_dir: Path) -> Path:
     """An int8 (dynamic, per-channel) copy of an exported folder that TextEncoder can load."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
+    # The fused graph's contrib ops (Attention, SkipLayerNormalization) escape ONNX shape
+    # inference, so the quantiser is told their outputs are float32.
     quantize_dynamic(str(onnx_dir / manifest["model"]), str(out_dir / MODEL_FILE),
-                     per_channel=True, weight_type=QuantType.QInt8)
+                     per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
     shutil.copyfile(onnx_dir / manifest["tokenizer"], out_dir / manifest["tokenizer"])
     manifest = {**manifest, "model": MODEL_FILE, "version": manifest["version"] + "-int8"}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest))

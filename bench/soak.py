@@ -147,6 +147,11 @@ def main() -> None:
                 batches = metrics.get(count_key, 0) - last_metrics.get(count_key, 0)
                 busy = metrics.get(batch_key, 0) - last_metrics.get(batch_key, 0)
                 row["worker_batch_ms"] = round(1000 * busy / batches, 2) if batches else None
+                # The part spent in streamrec's own stages (the rest: validation, ranking and
+                # explanations, and waiting for the broker to acknowledge what was published).
+                stages = sum(metrics.get(("streamrec_stage_seconds_sum", st), 0)
+                             - last_metrics.get(("streamrec_stage_seconds_sum", st), 0) for st in ("load", "retrieve", "save"))
+                row["worker_stages_ms"] = round(1000 * stages / batches, 2) if batches else None
                 row["worker_cpu_pct"] = round(100 * (cpu - last_cpu) / args.every, 1)
                 last_metrics, last_cpu = metrics, cpu
                 seen_sent = n_sent
@@ -180,7 +185,7 @@ def summarise(rows: list[dict], args) -> None:
     print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s ({time.strftime('%Y-%m-%d %H:%M')}) ==")
     print(f"{'metric (median of samples)':<34}{'first fifth':>14}{'last fifth':>14}{'last/first':>12}")
     for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "worker_batch_ms",
-                "worker_cpu_pct", "worker_rss_mb", "worker_anon_mb", "loadavg_1m"):
+                "worker_stages_ms", "worker_cpu_pct", "worker_rss_mb", "worker_anon_mb", "loadavg_1m"):
         a, b = med(first, key), med(last, key)
         print(f"{key:<34}{a:>14.1f}{b:>14.1f}{(b / a if a else float('nan')):>12.2f}")
     t = np.array([r["t_s"] for r in rows]) / 3600

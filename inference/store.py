@@ -790,7 +790,10 @@ class QdrantClientStore(VectorStore):
             raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
         if limit <= 0 or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
-        converted = {id(f): self._filter(f) for f in filters}
+        converted: dict[int, Any] = {}  # a user's several queries share one filter
+        for f in filters:
+            if id(f) not in converted:
+                converted[id(f)] = self._filter(f)
         payload = True if with_payload else [KEY_FIELD]
         requests = [
             self._m.QueryRequest(query=row.tolist(), filter=converted[id(f)], limit=limit, with_payload=payload)

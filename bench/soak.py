@@ -7,8 +7,16 @@ changing and nothing is a duplicate). Every `--every` seconds it samples through
 (event published → its recommendation received) and the worker's RSS. It writes a CSV and a PNG
 plot and prints a table comparing the first and last fifth of the run (the baseline is the run's
 own beginning: flat memory and stable freshness mean the last fifth matches the first).
+`--warmup-minutes` runs that long first (profiles fill, caches reach their caps) and leaves it out
+of the comparison; the CSV and the plot keep it.
 
-    python -m bench.soak --minutes 30 --rate 100
+Freshness is split at the recommendation record's timestamp (set when the worker hands it to its
+producer): *to worker* (event handed to the producer → recommendation produced: the event's trip
+through the broker, queueing and processing) and *delivery* (→ read by this program: the
+recommendation's trip through the broker). The broker's own CPU is sampled beside the worker's,
+so a drift can be placed in streamrec or in the broker.
+
+    python -m bench.soak --minutes 30 --rate 30 --customers 100 --warmup-minutes 6
 
 The local broker (Tansu 0.6, memory storage) stops answering fetches near the tail of a
 partition that holds about 18,000 record batches (`python -m bench.broker_limits` measures it),
@@ -68,7 +76,9 @@ def endless(events: list[Event], span_s: float):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=30.0, help="measured minutes (after the warm-up)")
+    p.add_argument("--warmup-minutes", type=float, default=0.0,
+                   help="minutes run first and left out of the first/last comparison")
     p.add_argument("--rate", type=float, default=200.0, help="events per second")
     p.add_argument("--customers", type=int, default=300)
     p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
@@ -76,18 +86,20 @@ def main() -> None:
                    help="partitions per topic (keeps each under the local broker's batch limit)")
     p.add_argument("--out", type=Path, default=Path("bench/results") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args()
-    per_partition = args.rate * args.minutes * 60 / args.partitions
+    total_events = args.rate * (args.minutes + args.warmup_minutes) * 60
+    per_partition = total_events / args.partitions
     if per_partition > BROKER_BATCHES_PER_PARTITION:
         p.error(f"{per_partition:,.0f} events per partition would pass the local broker's limit of "
                 f"{BROKER_BATCHES_PER_PARTITION:,} record batches per partition (see the module docstring); "
-                f"use --partitions {int(np.ceil(args.rate * args.minutes * 60 / BROKER_BATCHES_PER_PARTITION))} or more")
+                f"use --partitions {int(np.ceil(total_events / BROKER_BATCHES_PER_PARTITION))} or more")
     args.out.mkdir(parents=True, exist_ok=True)
 
     onnx_dir = encoder_dir(InferenceSettings())
     log = sample_customers(load_online_retail(default_online_retail_path()), args.customers, seed=0)
     items, events = list(retail_items(log)), list(retail_events(log))
     span = events[-1].ts.timestamp() - events[0].ts.timestamp() + 86_400
-    print(f"soak: {args.minutes} min at {args.rate:.0f} events/s; {len(items)} items, {len(events)} events per round; "
+    print(f"soak: {args.warmup_minutes:g} min warm-up + {args.minutes:g} min at {args.rate:.0f} events/s; "
+          f"{len(items)} items, {len(events)} events per round; "
           f"load average {os.getloadavg()}", flush=True)
 
     rows = []
@@ -122,28 +134,36 @@ def main() -> None:
             # stay flat, the drift is in the transport (broker), not in streamrec's processing.
             batch_key = ("streamrec_batch_seconds_sum", "events")
             count_key = ("streamrec_batch_seconds_count", "events")
-            last_metrics, last_cpu = stage_totals(worker), cpu_seconds(worker.proc.pid)
-            while time.time() - start < args.minutes * 60:
+            last_metrics = stage_totals(worker)
+            last_cpu, last_broker_cpu = cpu_seconds(worker.proc.pid), cpu_seconds(broker.pid)
+            while time.time() - start < (args.warmup_minutes + args.minutes) * 60:
                 time.sleep(args.every)
                 now = time.time()
                 window = [(i, t) for i, t in list(recs.received.items())[seen_recs:]]
                 seen_recs += len(window)
                 latencies = [t - sent[i] for i, t in window if i in sent]
+                to_worker = [recs.published[i] - sent[i] for i, _ in window if i in sent and i in recs.published]
+                delivery = [t - recs.published[i] for i, t in window if i in recs.published]
                 n_sent = len(sent)
                 stats = worker.stats()
                 row = {
                     "t_s": round(now - start, 1),
+                    "warmup": now - start <= args.warmup_minutes * 60,
                     "sent_per_s": round((n_sent - seen_sent) / args.every, 1),
                     "processed": sum(v for k, v in stats["processed"].items() if k.startswith("event.")),
                     "recs_per_s": round(len(window) / args.every, 1),
-                    "freshness_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
-                    "freshness_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None,
+                    "freshness_p50_ms": _ms(latencies, 50),
+                    "freshness_p99_ms": _ms(latencies, 99),
+                    "to_worker_p50_ms": _ms(to_worker, 50),
+                    "to_worker_p99_ms": _ms(to_worker, 99),
+                    "delivery_p50_ms": _ms(delivery, 50),
+                    "delivery_p99_ms": _ms(delivery, 99),
                     "behind": n_sent - sum(v for k, v in stats["processed"].items() if k.startswith("event.")),
                     "worker_rss_mb": round(rss_mb(worker.proc.pid), 1),
                     "worker_anon_mb": round(rss_mb(worker.proc.pid, "RssAnon"), 1),
                     "loadavg_1m": round(os.getloadavg()[0], 2),
                 }
-                metrics, cpu = stage_totals(worker), cpu_seconds(worker.proc.pid)
+                metrics, cpu, broker_cpu = stage_totals(worker), cpu_seconds(worker.proc.pid), cpu_seconds(broker.pid)
                 batches = metrics.get(count_key, 0) - last_metrics.get(count_key, 0)
                 busy = metrics.get(batch_key, 0) - last_metrics.get(batch_key, 0)
                 row["worker_batch_ms"] = round(1000 * busy / batches, 2) if batches else None
@@ -153,7 +173,8 @@ def main() -> None:
                              - last_metrics.get(("streamrec_stage_seconds_sum", st), 0) for st in ("load", "retrieve", "save"))
                 row["worker_stages_ms"] = round(1000 * stages / batches, 2) if batches else None
                 row["worker_cpu_pct"] = round(100 * (cpu - last_cpu) / args.every, 1)
-                last_metrics, last_cpu = metrics, cpu
+                row["broker_cpu_pct"] = round(100 * (broker_cpu - last_broker_cpu) / args.every, 1)
+                last_metrics, last_cpu, last_broker_cpu = metrics, cpu, broker_cpu
                 seen_sent = n_sent
                 rows.append(row)
                 print(row, flush=True)
@@ -171,6 +192,10 @@ def main() -> None:
     summarise(rows, args)
 
 
+def _ms(seconds: list[float], q: float) -> float | None:
+    return round(float(np.percentile(seconds, q)) * 1000, 1) if seconds else None
+
+
 def _fifth(rows: list[dict], last: bool) -> list[dict]:
     n = max(len(rows) // 5, 1)
     return rows[-n:] if last else rows[:n]
@@ -181,17 +206,20 @@ def summarise(rows: list[dict], args) -> None:
         values = [r[key] for r in part if r[key] is not None]
         return float(np.median(values)) if values else float("nan")
 
-    first, last = _fifth(rows, False), _fifth(rows, True)
-    print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s ({time.strftime('%Y-%m-%d %H:%M')}) ==")
+    measured = [r for r in rows if not r["warmup"]] or rows
+    first, last = _fifth(measured, False), _fifth(measured, True)
+    print(f"\n== soak {args.minutes:g} min at {args.rate:g} events/s after {args.warmup_minutes:g} min of warm-up "
+          f"({time.strftime('%Y-%m-%d %H:%M')}) ==")
     print(f"{'metric (median of samples)':<34}{'first fifth':>14}{'last fifth':>14}{'last/first':>12}")
-    for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "worker_batch_ms",
-                "worker_stages_ms", "worker_cpu_pct", "worker_rss_mb", "worker_anon_mb", "loadavg_1m"):
+    for key in ("sent_per_s", "recs_per_s", "behind", "freshness_p50_ms", "freshness_p99_ms", "to_worker_p50_ms",
+                "to_worker_p99_ms", "delivery_p50_ms", "delivery_p99_ms", "worker_batch_ms", "worker_stages_ms",
+                "worker_cpu_pct", "broker_cpu_pct", "worker_rss_mb", "worker_anon_mb", "loadavg_1m"):
         a, b = med(first, key), med(last, key)
         print(f"{key:<34}{a:>14.1f}{b:>14.1f}{(b / a if a else float('nan')):>12.2f}")
-    t = np.array([r["t_s"] for r in rows]) / 3600
+    t = np.array([r["t_s"] for r in measured]) / 3600
     for key in ("worker_rss_mb", "worker_anon_mb"):
-        slope = float(np.polyfit(t, [r[key] for r in rows], 1)[0]) if len(rows) > 2 else float("nan")
-        print(f"{key} trend over the run: {slope:+.1f} MB/hour")
+        slope = float(np.polyfit(t, [r[key] for r in measured], 1)[0]) if len(measured) > 2 else float("nan")
+        print(f"{key} trend over the measured minutes: {slope:+.1f} MB/hour")
     print(f"csv and plot in {args.out}")
 
 
@@ -202,7 +230,7 @@ def plot(rows: list[dict], path: Path, rate: float) -> None:
     import matplotlib.pyplot as plt
 
     t = [r["t_s"] / 60 for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(t, [r["sent_per_s"] for r in rows], label="published")
     axes[0].plot(t, [r["recs_per_s"] for r in rows], label="recommendations")
     axes[0].axhline(rate, color="grey", linestyle=":", label="target rate")
@@ -210,14 +238,23 @@ def plot(rows: list[dict], path: Path, rate: float) -> None:
     axes[0].legend()
     axes[1].plot(t, [r["freshness_p50_ms"] for r in rows], label="p50")
     axes[1].plot(t, [r["freshness_p99_ms"] for r in rows], label="p99")
+    axes[1].plot(t, [r["delivery_p50_ms"] for r in rows], label="of which delivery, p50", linestyle="--")
     axes[1].set_ylabel("freshness, ms")
     axes[1].set_yscale("log")
     axes[1].legend()
-    axes[2].plot(t, [r["worker_rss_mb"] for r in rows], label="RSS")
-    axes[2].plot(t, [r["worker_anon_mb"] for r in rows], label="of which anonymous (heap)")
-    axes[2].set_ylabel("worker memory, MB")
+    axes[2].plot(t, [r["worker_cpu_pct"] for r in rows], label="worker CPU %")
+    axes[2].plot(t, [r["broker_cpu_pct"] for r in rows], label="broker CPU %")
+    axes[2].plot(t, [r["worker_batch_ms"] for r in rows], label="worker ms per batch")
     axes[2].legend()
-    axes[2].set_xlabel("minutes")
+    axes[3].plot(t, [r["worker_rss_mb"] for r in rows], label="RSS")
+    axes[3].plot(t, [r["worker_anon_mb"] for r in rows], label="of which anonymous (heap)")
+    axes[3].set_ylabel("worker memory, MB")
+    axes[3].legend()
+    axes[3].set_xlabel("minutes")
+    warm = [r["t_s"] / 60 for r in rows if r["warmup"]]
+    if warm:
+        for ax in axes:
+            ax.axvspan(0, max(warm), color="grey", alpha=0.15, label=None)
     fig.suptitle(f"streamrec soak at {rate:g} events/s")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -35,6 +35,8 @@ class RecommendationLog:
 
     def __init__(self, bootstrap: str, topic: str):
         self.received: dict[str, float] = {}  # trigger_event_id -> wall time
+        # trigger_event_id -> the record's timestamp: when the worker handed it to its producer
+        self.published: dict[str, float] = {}
         self.count = 0
         self._stop = threading.Event()
         self._consumer = KafkaConsumer(
@@ -52,6 +54,7 @@ class RecommendationLog:
                 self.count += 1
                 if rec.trigger_event_id:
                     self.received.setdefault(rec.trigger_event_id, now)
+                    self.published.setdefault(rec.trigger_event_id, message.timestamp / 1000)
                 if self._stop.is_set():
                     break
 

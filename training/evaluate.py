@@ -16,11 +16,18 @@ Cold start (reported beside the warm figures, streamrec and popularity only):
 * **text-only users** (catalogs with item text): a user is represented only by one text, the
   titles of the items of their first basket joined by ", " — as if they had typed what they
   like — and nothing else (no item ids, no other history, nothing excluded from the ranking).
-  Their test basket (the protocol's test unit, all of its items) is ranked among all items.
-  Users with fewer than 3 baskets are left out so the first basket is never the validation or
-  test basket. streamrec embeds the text with the encoder, projects it with the learned text
-  projection, and runs the user tower over that one pseudo-item; the raw encoder (cosine between
-  the text and item titles) and popularity are scored on the same cases.
+  Two groups, reported apart:
+
+  - ``text_only_new_users``: the users with exactly two baskets. Their first basket is the
+    split's validation unit and their second its test unit, so no training example contains
+    them: they are the new customers the text stands in for, and the target is what they bought
+    next (their second basket).
+  - ``text_only_users``: the users with three or more baskets; the target is their test basket,
+    often months after the first, where popularity is hard to beat.
+
+  streamrec embeds the text with the encoder, projects it with the learned text projection, and
+  runs the user tower over that one pseudo-item; the raw encoder (cosine between the text and
+  item titles) and popularity are scored on the same cases.
 """
 
 from __future__ import annotations
@@ -320,7 +327,8 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
     if options.cold_start and text is not None and encoder is not None:
         out["cold_start"] = {
             "new_items": cold_items(split, options, text, results["streamrec"]),
-            "text_only_users": text_only_users(split, fitted.model, encoder, text, options),
+            "text_only_users": text_only_users(split, fitted.model, encoder, text, new_users=False),
+            "text_only_new_users": text_only_users(split, fitted.model, encoder, text, new_users=True),
         }
     return out
 
@@ -380,12 +388,18 @@ def first_basket_texts(split: ProtocolSplit, users: np.ndarray) -> list[str]:
 
 
 def text_only_users(
-    split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray, options: EvaluateOptions
+    split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray, *, new_users: bool
 ) -> dict[str, Any]:
-    """Text-only users (module docstring): one text per user, its test unit ranked."""
+    """Text-only users (module docstring): one text per user, their test unit ranked.
+
+    ``new_users=False``: users with >= 3 units (the first unit is history, the test unit comes
+    months later). ``new_users=True``: users with exactly 2 units, whose first basket is the
+    validation unit and second the test unit; no training example ever saw them, so they are
+    the new customers a typed text stands in for, and the target is what they bought next."""
     from training.text import encode_texts
 
-    users = np.asarray([u for u in range(split.n_users) if len(split.units[u]) >= 3], dtype=np.int64)
+    keep = (lambda n: n == 2) if new_users else (lambda n: n >= 3)
+    users = np.asarray([u for u in range(split.n_users) if keep(len(split.units[u]))], dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
     cases = EvalCases(
         phase="test",
@@ -413,14 +427,21 @@ def text_only_users(
     }
     results = {name: SystemResult(r.metrics(split.n_items), 0.0, r.seconds).as_json() for name, r in ranked.items()}
     pop_hr = results["popularity"]["hr@10"]
+    who = (
+        f"the {len(users)} users with exactly 2 units (never in any training example), each represented "
+        "only by the titles of the items of their first basket joined by ', '; their second basket "
+        if new_users else
+        f"the {len(users)} users with >= 3 units, each represented only by the titles of the items of "
+        "their first basket joined by ', '; their test unit (their last basket) "
+    )
     return {
         "protocol": (
-            "users with >= 3 units, each represented only by the titles of the items of their first "
-            "basket joined by ', ' (no item ids, no other history, nothing excluded); their test unit "
-            "(all its items) is ranked among all items. streamrec: the user tower over the text's "
-            "projection as one pseudo-item; encoder_cosine: cosine of the raw text embedding with "
-            "item title embeddings; popularity: training counts."
+            who + "(all its items) is ranked among all items, nothing excluded, no item ids or other "
+            "history used. streamrec: the user tower over the text's projection as one pseudo-item; "
+            "encoder_cosine: cosine of the raw text embedding with item title embeddings; popularity: "
+            "training counts."
         ),
+        "users": len(users),
         "results": results,
         "streamrec_over_popularity_hr@10": round(results["streamrec"]["hr@10"] / pop_hr, 3) if pop_hr else None,
     }

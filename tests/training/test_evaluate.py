@@ -77,13 +77,14 @@ def test_unknown_baseline_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def write_retail(path: Path, n_users: int = 40, seed: int = 0) -> Path:
-    """Users buying 3-5 invoices of themed items (mugs or lamps): text tells the themes apart."""
+    """Users buying 3-5 invoices of themed items (mugs or lamps), every fifth user only 2 (a new
+    customer for the text-only protocol): text tells the themes apart."""
     rng = np.random.default_rng(seed)
     themes = {0: [f"RED MUG {i}" for i in range(12)], 1: [f"GARDEN LAMP {i}" for i in range(12)]}
     rows, invoice = [], 500000
     for user in range(n_users):
         theme = user % 2
-        for b in range(int(rng.integers(3, 6))):
+        for b in range(2 if user % 5 == 4 else int(rng.integers(3, 6))):
             invoice += 1
             day = pd.Timestamp("2011-01-03") + pd.Timedelta(days=7 * b + user % 5)
             for item in rng.choice(12, size=3, replace=False):
@@ -116,7 +117,9 @@ def test_evaluate_online_retail_with_cold_start(
     assert set(cold["new_items"]["median_vector_norm"]) == {"held_out", "trained"}
     assert cold["new_items"]["median_vector_norm"]["held_out"] > 0
     assert {"streamrec", "popularity", "streamrec_warm_targets"} == set(cold["new_items"]["results"])
-    assert {"streamrec", "encoder_cosine", "popularity"} == set(cold["text_only_users"]["results"])
+    for group in ("text_only_users", "text_only_new_users"):
+        assert {"streamrec", "encoder_cosine", "popularity"} == set(cold[group]["results"])
+    assert cold["text_only_new_users"]["users"] > 0
     for block in cold.values():
         assert "protocol" in block
         for metrics in block["results"].values():

@@ -348,6 +348,8 @@ class Recommender:
             for i in deleted:
                 self.items.forget(i.item_id)
                 self.popularity.forget(i.item_id)
+                for segment_popularity in self.segment_popularity.values():
+                    segment_popularity.forget(i.item_id)
                 if self.topics is not None:
                     self.topics.forget(i.item_id)
         texts = {i.item_id: item_text(i.title, i.category, i.description) for i in live}

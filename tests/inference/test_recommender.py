@@ -133,6 +133,22 @@ def test_segments_change_after_the_right_purchases(engine):
     assert engine.status()["segments"]["champions"] == 1
 
 
+def test_a_deleted_item_leaves_every_popularity_count(engine):
+    # A purchase counts for the segment the buyer is in before it (none for the first one).
+    engine.process_events([ev(0, "buyer", "i3")])
+    engine.process_events([ev(1, "buyer", "i1", minutes=1), ev(2, "buyer", "i2", minutes=2)])
+
+    def counted(item_id: str) -> bool:
+        return any(item_id in pop.snapshot() for pop in engine.segment_popularity.values())
+
+    assert counted("i1") and counted("i2") and "i1" in engine.popularity.snapshot()
+
+    engine.upsert_items([Item(schema=1, item_id="i1", title="", deleted=True)])
+
+    assert "i1" not in engine.popularity.snapshot() and not counted("i1")
+    assert counted("i2")
+
+
 def test_every_reason_cites_something_true_of_the_user(engine):
     engine.seed_interests([Intent(schema=1, user_id="talker", text="teacup and candle lover")])
     engine.process_events([ev(0, "talker", "i0", EventType.view), ev(1, "talker", "i17", minutes=1)])

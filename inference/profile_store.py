@@ -168,6 +168,13 @@ def profile_from_point(point: Point) -> Profile:
     )
 
 
+def segment_and_interest(point: Point) -> tuple[str | None, bool]:
+    """A stored user's value segment and whether they have a long-term interest, without decoding
+    the whole profile (the periodic group refresh scans every user for just these two)."""
+    state = json.loads(point.payload["state"])
+    return state.get("segment"), state.get("long_term") is not None
+
+
 def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
     long_term = None
     if (lt := state.get("long_term")) is not None:

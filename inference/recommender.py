@@ -8,7 +8,6 @@ No Kafka here: `stream/` feeds it, tests and the CLI call it directly.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -46,7 +45,7 @@ from inference.exploration import (
     remember_explored,
 )
 from inference.interest_groups import InterestGroups
-from inference.profile_store import USERS, ProfileRepository, pseudonymiser
+from inference.profile_store import USERS, ProfileRepository, pseudonymiser, segment_and_interest
 from inference.profiles import (
     EVENT_WEIGHTS,
     Profile,
@@ -558,10 +557,9 @@ class Recommender:
         value segment (one scroll of the users collection; runs on a timer, off the event path)."""
         vectors, counts = [], {}
         for point in self.store.scroll(USERS, with_vectors=True):
-            state = json.loads(point.payload["state"])
-            segment = state.get("segment") or "prospect"
-            counts[segment] = counts.get(segment, 0) + 1
-            if state.get("long_term") is not None:
+            segment, has_interest = segment_and_interest(point)
+            counts[segment or "prospect"] = counts.get(segment or "prospect", 0) + 1
+            if has_interest:
                 vectors.append(point.vector)
         self.segment_counts = counts
         fitted = InterestGroups.fit(np.asarray(vectors, dtype=np.float32), list(self.items.records()),

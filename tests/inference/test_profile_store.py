@@ -22,6 +22,7 @@ from inference.profile_store import (
     profile_from_point,
     profile_to_point,
     pseudonymiser,
+    segment_and_interest,
 )
 from inference.profiles import Interest, Profile, ProfileParams, RecentItem, Rfm, apply_event, apply_stated_interest
 from inference.schemas import EventType
@@ -190,7 +191,7 @@ def test_a_profile_without_interest_gets_the_placeholder_vector_and_stores_no_in
     point = profile_to_point(empty, DIM)
     assert point.vector.tolist() == [1.0, 0.0, 0.0, 0.0]
     assert json.loads(point.payload["state"]) == {"v": STATE_VERSION}
-    assert json.loads(point.payload["state"]).get("long_term") is None  # what refresh_groups checks
+    assert segment_and_interest(point) == (None, False)  # what refresh_groups reads
     assert profile_from_point(point) == empty
     # the placeholder vector is never taken for an interest, with or without the vector fetched
     assert profile_from_point(replace(point, vector=None)) == empty
@@ -210,6 +211,13 @@ def test_reading_a_norm_without_the_point_vector_says_what_to_fetch():
     point = replace(profile_to_point(FULL, DIM), vector=None)
     with pytest.raises(ProfileStateError, match="with_vectors=True"):
         profile_from_point(point)
+
+
+def test_segment_and_interest_read_from_both_layouts_without_decoding_the_profile():
+    assert segment_and_interest(profile_to_point(FULL, DIM)) == ("new", True)
+    assert segment_and_interest(V1_FULL) == ("new", True)
+    assert segment_and_interest(V1_EMPTY) == (None, False)
+    assert segment_and_interest(profile_to_point(Profile(user_id="u-3"), DIM)) == (None, False)
 
 
 def test_a_newer_layout_is_refused_with_a_clear_error():

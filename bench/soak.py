@@ -16,7 +16,7 @@ through the broker, queueing and processing) and *delivery* (→ read by this pr
 recommendation's trip through the broker). The broker's own CPU is sampled beside the worker's,
 so a drift can be placed in streamrec or in the broker.
 
-    python -m bench.soak --minutes 30 --rate 30 --customers 100 --warmup-minutes 6
+    python -m bench.soak --minutes 30 --warmup-minutes 7 --rate 30 --customers 100
 
 The local broker (Tansu 0.6, memory storage) stops answering fetches near the tail of a
 partition that holds about 18,000 record batches (`python -m bench.broker_limits` measures it),

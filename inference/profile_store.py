@@ -72,6 +72,15 @@ def b85_decode(text: str, dtype: str) -> np.ndarray:
     return np.frombuffer(words.astype(">u4").tobytes(), dtype=dtype)
 
 
+def _packed_interest(interest: Interest) -> list:
+    """An interest stored whole (layout 2): its float32 sum as base85, its mass and its time."""
+    return [b85_encode(np.asarray(interest.total, dtype="<f4")), interest.mass, interest.updated]
+
+
+def _vector_from_b85(text: str) -> np.ndarray:
+    return b85_decode(text, "<f4").astype(np.float32)
+
+
 def _vector_from_b64(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
 
@@ -113,10 +122,9 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
             # the norm direction() divided by: norm x direction gives the sum back within 1 float32 ulp
             state["long_term"] = [float(np.linalg.norm(long_term.total)), long_term.mass, long_term.updated]
         else:  # a zero or non-finite sum has no direction to keep in the point: stored whole
-            state["long_term"] = [b85_encode(np.asarray(long_term.total, dtype="<f4")), long_term.mass, long_term.updated]
+            state["long_term"] = _packed_interest(long_term)
     if profile.session is not None:
-        s = profile.session
-        state["session"] = [b85_encode(np.asarray(s.total, dtype="<f4")), s.mass, s.updated]
+        state["session"] = _packed_interest(profile.session)
     if profile.session_id is not None:
         state["session_id"] = profile.session_id
     if profile.categories or profile.categories_updated is not None:
@@ -180,7 +188,7 @@ def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
     if (lt := state.get("long_term")) is not None:
         scale, mass, updated = lt
         if isinstance(scale, str):
-            total = b85_decode(scale, "<f4").astype(np.float32)
+            total = _vector_from_b85(scale)
         elif point.vector is None:
             raise ProfileStateError(
                 f"profile {point.id!r} keeps its long-term interest in the point's vector, which was not "
@@ -193,7 +201,7 @@ def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
         long_term = Interest(total, float(mass), float(updated))
     session = None
     if (s := state.get("session")) is not None:
-        session = Interest(b85_decode(s[0], "<f4").astype(np.float32), float(s[1]), float(s[2]))
+        session = Interest(_vector_from_b85(s[0]), float(s[1]), float(s[2]))
     categories, categories_updated = {}, None
     if (c := state.get("categories")) is not None:
         names, scores, categories_updated = c

@@ -558,7 +558,8 @@ class Recommender:
         vectors, counts = [], {}
         for point in self.store.scroll(USERS, with_vectors=True):
             segment, has_interest = segment_and_interest(point)
-            counts[segment or "prospect"] = counts.get(segment or "prospect", 0) + 1
+            segment = segment or "prospect"
+            counts[segment] = counts.get(segment, 0) + 1
             if has_interest:
                 vectors.append(point.vector)
         self.segment_counts = counts

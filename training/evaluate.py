@@ -326,7 +326,7 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
     }
     if options.cold_start and text is not None and encoder is not None:
         out["cold_start"] = {
-            "new_items": cold_items(split, options, text, results["streamrec"]),
+            "new_items": cold_items(split, options, text, results["streamrec"], fitted.model),
             "text_only_users": text_only_users(split, fitted.model, encoder, text, new_users=False),
             "text_only_new_users": text_only_users(split, fitted.model, encoder, text, new_users=True),
         }
@@ -334,9 +334,14 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
 
 
 def cold_items(
-    split: ProtocolSplit, options: EvaluateOptions, text: np.ndarray, warm: dict[str, Any]
+    split: ProtocolSplit, options: EvaluateOptions, text: np.ndarray, warm: dict[str, Any], known: TwoTower,
 ) -> dict[str, Any]:
-    """New items (module docstring): a model trained without a held-out slice of the catalog."""
+    """New items (module docstring): a model trained without a held-out slice of the catalog.
+
+    ``known``: the model trained on every item, scored on the same cases and targets — what
+    the held-out items would reach had they been trained on. A test basket holds ~10 times more
+    warm targets than new ones, and HR@10 counts a hit on any target, so the warm HR@10 of the
+    issue's comparison is not reachable by new items even for a model that knew them."""
     drop = held_out_items(split, options.cold_fraction)
     cold_cases = eval_cases(split, "test", exclude_seen=options.exclude_seen, only_items=drop)
     warm_cases = eval_cases(split, "test", exclude_seen=options.exclude_seen, only_items=~drop)
@@ -353,6 +358,9 @@ def cold_items(
 
     popularity = Popularity().fit(split, drop)
     cold = rank_cases(score, cold_cases, desc="cold items")
+    with torch.no_grad():
+        known_vectors = known.items()
+    known_ranking = rank_cases(lambda u, p: score_users(known, split, u, p, known_vectors), cold_cases)
     same_model_warm = rank_cases(score, warm_cases, desc="warm items")
     pop = rank_cases(lambda u, p: popularity.scores(split, u, p), cold_cases)
     results = {
@@ -361,13 +369,17 @@ def cold_items(
         "popularity": SystemResult(pop.metrics(split.n_items), 0.0, pop.seconds).as_json(),
         "streamrec_warm_targets": SystemResult(same_model_warm.metrics(split.n_items), result.train_s,
                                                same_model_warm.seconds).as_json(),
+        "streamrec_items_known": SystemResult(known_ranking.metrics(split.n_items), 0.0,
+                                              known_ranking.seconds).as_json(),
     }
     return {
         "protocol": (
             f"{int(drop.sum())} items ({options.cold_fraction:.0%} of the catalog, chosen by a hash of the "
             "item id) removed from all training data; cases: users whose test unit holds at least one of "
             "them; targets: those items, ranked among all items; their vectors come from text alone. "
-            "streamrec_warm_targets: the same model on the other items of the test units."
+            "streamrec_warm_targets: the same model on the other items of the test units. "
+            "streamrec_items_known: the main model, which trained on every item, on the same cases and "
+            "targets (what these items reach once their ids are learned)."
         ),
         "held_out_items": int(drop.sum()),
         # A new item ranks only if its text-made vector is on the trained vectors' scale.
@@ -378,6 +390,10 @@ def cold_items(
         "results": results,
         "warm_hr@10": warm.get("hr@10"),
         "cold_over_warm_hr@10": round(results["streamrec"]["hr@10"] / warm["hr@10"], 4) if warm.get("hr@10") else None,
+        "cold_over_known_hr@10": (
+            round(results["streamrec"]["hr@10"] / results["streamrec_items_known"]["hr@10"], 4)
+            if results["streamrec_items_known"]["hr@10"] else None
+        ),
     }
 
 

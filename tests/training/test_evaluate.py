@@ -116,7 +116,10 @@ def test_evaluate_online_retail_with_cold_start(
     assert cold["new_items"]["held_out_items"] > 0
     assert set(cold["new_items"]["median_vector_norm"]) == {"held_out", "trained"}
     assert cold["new_items"]["median_vector_norm"]["held_out"] > 0
-    assert {"streamrec", "popularity", "streamrec_warm_targets"} == set(cold["new_items"]["results"])
+    assert set(cold["new_items"]["results"]) == {
+        "streamrec", "popularity", "streamrec_warm_targets", "streamrec_items_known"
+    }
+    assert cold["new_items"]["cold_over_known_hr@10"] is None or cold["new_items"]["cold_over_known_hr@10"] >= 0
     for group in ("text_only_users", "text_only_new_users"):
         assert {"streamrec", "encoder_cosine", "popularity"} == set(cold[group]["results"])
     assert cold["text_only_new_users"]["users"] > 0

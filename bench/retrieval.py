@@ -5,7 +5,7 @@ in_stock 90% true, plus the title and text hash the worker stores), it measures,
 the recommender's kind of filter (in_stock + category any_of 5 + price range):
 
 - EdgeStore.search: p50/p99 latency of one query and sequential QPS;
-- EdgeStore.search_batch with 32 queries per call (what the worker does per batch): QPS;
+- EdgeStore.search_ids with 32 queries per call (what the worker does per batch: ids and scores): QPS;
 - numpy brute force in the same process on the same vectors: float32 matmul + argpartition, the
   filter as a boolean mask computed per query (the baseline), single and 32-query batches;
 - the engine alone (EdgeShard.query, bypassing the adapter), without and with the payload of the
@@ -260,7 +260,7 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                     idx = [(b * BATCH + j) % n_queries for j in range(BATCH)]
                     fs = [store_filter(*filters[j]) if filtered else None for j in idx]
                     start = time.perf_counter()
-                    store.search_batch(COLLECTION, queries[idx], K, filters=fs)
+                    store.search_ids(COLLECTION, queries[idx], K, filters=fs)
                     t_store += time.perf_counter() - start
                     start = time.perf_counter()
                     masks = [numpy_mask(category, price, in_stock, *filters[j]) for j in idx] if filtered else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 import uuid
@@ -672,32 +673,37 @@ class Recommender:
         strategies = [self.strategy(p.user_id) for p in profiles]
         queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
         flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
-        hits_by_index: dict[int, dict[str, Candidate]] = {}
+        hits_by_index: dict[int, list[Candidate]] = {}
         if flat:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 # Ids and scores only: title, category and price come from the item cache.
-                batch = self.store.search_batch(
+                batch = self.store.search_ids(
                     self.items_collection, np.stack([q for _, q in flat]), limit,
-                    filters=[store_filters[i] for i, _ in flat], with_payload=False,
+                    filters=[store_filters[i] for i, _ in flat],
                 )
-            records = self.items.get_many(h.id for hits in batch for h in hits)
-            for (i, _), hits in zip(flat, batch):
-                merged = hits_by_index.setdefault(i, {})
-                for h in hits:
-                    record = records.get(h.id)
-                    if record is None:  # deleted since the search
-                        continue
-                    if h.id not in merged or merged[h.id].similarity < h.score:
-                        merged[h.id] = Candidate(h.id, h.score, record.vector, record.title, record.category,
-                                                 record.price)
+            # An item found by several of a user's queries keeps its best similarity; a Candidate
+            # is built once per item, not per hit.
+            best: dict[int, dict[str, float]] = {}
+            for (i, _), (ids, scores) in zip(flat, batch):
+                merged = best.setdefault(i, {})
+                for item_id, similarity in zip(ids, scores):
+                    if merged.get(item_id, -math.inf) < similarity:
+                        merged[item_id] = similarity
+            records = self.items.get_many(item_id for merged in best.values() for item_id in merged)
+            for i, merged in best.items():
+                hits_by_index[i] = [
+                    Candidate(item_id, similarity, r.vector, r.title, r.category, r.price)
+                    for item_id, similarity in merged.items()
+                    if (r := records.get(item_id)) is not None  # None: deleted since the search
+                ]
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
         out = []
         segment_popular: dict[str, frozenset[str]] = {}
         for i, profile in enumerate(profiles):
             strategy, rec_id = strategies[i], rec_ids[i]
-            candidates = list(hits_by_index[i].values()) if i in hits_by_index else \
+            candidates = hits_by_index[i] if i in hits_by_index else \
                 self._popular_candidates(profile, filters[i], limit)
             weights = strategy.weights
             boost = self.settings.segment_price_boost.get(profile.segment or "", 0.0)

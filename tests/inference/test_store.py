@@ -190,16 +190,18 @@ def test_search_batch_matches_single_searches(filled):
         filled.search_batch(COLL, queries, 2, filters=[None])
 
 
-def test_search_batch_without_payload_returns_the_same_ids_and_scores(filled):
+def test_search_ids_returns_the_ids_and_scores_of_search_batch(filled):
     shared = Filter(ranges={"price": (10, None)}, exclude_ids=["p1"])  # one object for several rows
     queries = np.stack([unit(0), fan(50), fan(25)])
     full = filled.search_batch(COLL, queries, 3, filters=[shared, shared, None])
-    bare = filled.search_batch(COLL, queries, 3, filters=[shared, shared, None], with_payload=False)
-    assert [ids(r) for r in bare] == [ids(r) for r in full]
-    assert [h.score for r in bare for h in r] == pytest.approx([h.score for r in full for h in r], abs=1e-6)
-    assert all(h.payload == {} for r in bare for h in r)
+    bare = filled.search_ids(COLL, queries, 3, filters=[shared, shared, None])
+    assert [r.ids for r in bare] == [ids(r) for r in full]
+    assert [s for r in bare for s in r.scores] == pytest.approx([h.score for r in full for h in r], abs=1e-6)
     assert all(h.payload for r in full for h in r)
-    assert "p1" not in ids(bare[0]) + ids(bare[1])
+    assert "p1" not in bare[0].ids + bare[1].ids
+    assert filled.search_ids(COLL, queries, 0, filters=[None] * 3) == [([], [])] * 3
+    with pytest.raises(ValueError, match="filters"):
+        filled.search_ids(COLL, queries, 2, filters=[None])
 
 
 def test_delete_removes_from_search_at_once(filled):

@@ -132,11 +132,14 @@ class SystemResult:
         return out
 
 
-def evaluate_baseline(system: Popularity | CoOccurrence, split: ProtocolSplit, cases: EvalCases) -> SystemResult:
+def evaluate_baseline(
+    system: Popularity | CoOccurrence, split: ProtocolSplit, cases: EvalCases, *, progress: bool = True
+) -> SystemResult:
     start = time.perf_counter()
     system.fit(split)
     train_s = time.perf_counter() - start
-    ranking = rank_cases(lambda users, phase: system.scores(split, users, phase), cases, desc=system.name)
+    ranking = rank_cases(lambda users, phase: system.scores(split, users, phase), cases,
+                         desc=system.name if progress else None)
     return SystemResult(ranking.metrics(split.n_items), train_s, ranking.seconds)
 
 
@@ -248,7 +251,8 @@ def run_streamrec(
     with torch.no_grad():
         item_vectors = model.items()
     ranking = rank_cases(
-        lambda users, phase: score_users(model, split, users, phase, item_vectors), cases, desc="streamrec"
+        lambda users, phase: score_users(model, split, users, phase, item_vectors), cases,
+        desc="streamrec" if options.progress else None,
     )
     extra = {
         "epochs": result.epochs,
@@ -299,16 +303,18 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
     results: dict[str, dict[str, Any]] = {}
     for name in options.baselines:
         if name == "popularity":
-            results[name] = evaluate_baseline(Popularity(), split, cases).as_json()
+            results[name] = evaluate_baseline(Popularity(), split, cases, progress=options.progress).as_json()
         elif name == "cooccurrence":
-            results[name] = evaluate_baseline(CoOccurrence(**_cooc_settings(split)), split, cases).as_json()
+            results[name] = evaluate_baseline(
+                CoOccurrence(**_cooc_settings(split)), split, cases, progress=options.progress
+            ).as_json()
     text = None
     encoder = None
     if split.item_text is not None:
         from training.text import encode_texts, open_encoder
 
         encoder = open_encoder(threads=torch.get_num_threads())
-        text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles")
+        text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles" if options.progress else None)
     streamrec, fitted = run_streamrec(split, cases, options, text)
     results["streamrec"] = streamrec.as_json()
     if "sasrec" in options.baselines:
@@ -327,8 +333,12 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
     if options.cold_start and text is not None and encoder is not None:
         out["cold_start"] = {
             "new_items": cold_items(split, options, text, results["streamrec"], fitted.model),
-            "text_only_users": text_only_users(split, fitted.model, encoder, text, new_users=False),
-            "text_only_new_users": text_only_users(split, fitted.model, encoder, text, new_users=True),
+            "text_only_users": text_only_users(
+                split, fitted.model, encoder, text, new_users=False, progress=options.progress
+            ),
+            "text_only_new_users": text_only_users(
+                split, fitted.model, encoder, text, new_users=True, progress=options.progress
+            ),
         }
     return out
 
@@ -357,11 +367,11 @@ def cold_items(
         return score_users(model, split, users, phase, item_vectors)
 
     popularity = Popularity().fit(split, drop)
-    cold = rank_cases(score, cold_cases, desc="cold items")
+    cold = rank_cases(score, cold_cases, desc="cold items" if options.progress else None)
     with torch.no_grad():
         known_vectors = known.items()
     known_ranking = rank_cases(lambda u, p: score_users(known, split, u, p, known_vectors), cold_cases)
-    same_model_warm = rank_cases(score, warm_cases, desc="warm items")
+    same_model_warm = rank_cases(score, warm_cases, desc="warm items" if options.progress else None)
     pop = rank_cases(lambda u, p: popularity.scores(split, u, p), cold_cases)
     results = {
         "streamrec": SystemResult(cold.metrics(split.n_items), result.train_s, cold.seconds,
@@ -404,7 +414,8 @@ def first_basket_texts(split: ProtocolSplit, users: np.ndarray) -> list[str]:
 
 
 def text_only_users(
-    split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray, *, new_users: bool
+    split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray, *, new_users: bool,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Text-only users (module docstring): one text per user, their test unit ranked.
 
@@ -424,7 +435,7 @@ def text_only_users(
         targets=[np.unique(np.asarray(split.target(int(u), "test"), dtype=np.int64)) for u in users],
         skipped=split.n_users - len(users),
     )
-    user_text = encode_texts(encoder, first_basket_texts(split, users), None, desc="user texts")
+    user_text = encode_texts(encoder, first_basket_texts(split, users), None, desc="user texts" if progress else None)
     row_of = {int(u): n for n, u in enumerate(users)}
     with torch.no_grad():
         item_vectors = model.items()

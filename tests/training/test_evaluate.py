@@ -34,7 +34,9 @@ def write_sequences(path: Path, n_users: int = 80, n_items: int = 30, seed: int 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     assert main(["evaluate", *args, "--json", "--threads", "1", "--quiet"]) == 0
-    return json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "it/s" not in captured.err  # --quiet: no progress bar from any stage
+    return json.loads(captured.out)
 
 
 def test_evaluate_sequences_json_schema_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -86,6 +86,16 @@ def write_report(result: dict[str, Any], folder: Path) -> Path:
             lines += [f"## {title}", ""]
             for name, block in result[section].items():
                 lines += [f"### {name}", "", block.get("protocol", ""), "", *_table(block["results"]), ""]
+                if block.get("boost_tradeoff"):
+                    lines += [
+                        "New items' vectors lengthened by a factor, same model and cases:",
+                        "",
+                        "| factor | new items HR@10 | warm targets HR@10 |",
+                        "|---|---|---|",
+                        *(f"| {t['factor']:.1f} | {t['new_items_hr@10']:.4f} | {t['warm_targets_hr@10']:.4f} |"
+                          for t in block["boost_tradeoff"]),
+                        "",
+                    ]
     page = folder / "report.md"
     page.write_text("\n".join(lines))
     return page

@@ -109,7 +109,7 @@ def test_evaluate_online_retail_with_cold_start(
 
     result = run_json(
         capsys, "--format", "online-retail", "--path", str(path), "--baselines", "popularity",
-        "--epochs", "2", "--cold-fraction", "0.3",
+        "--epochs", "2", "--cold-fraction", "0.3", "--report", str(tmp_path / "report"),
     )
 
     assert result["protocol"]["unit"] == "basket"
@@ -122,6 +122,13 @@ def test_evaluate_online_retail_with_cold_start(
         "streamrec", "popularity", "streamrec_warm_targets", "streamrec_items_known"
     }
     assert cold["new_items"]["cold_over_known_hr@10"] is None or cold["new_items"]["cold_over_known_hr@10"] >= 0
+    tradeoff = cold["new_items"]["boost_tradeoff"]
+    assert [t["factor"] for t in tradeoff] == [1.0, 1.1, 1.2, 1.3, 1.4]
+    # Factor 1 is the model as trained: the same figures as the new-item and warm rows.
+    assert tradeoff[0]["new_items_hr@10"] == pytest.approx(cold["new_items"]["results"]["streamrec"]["hr@10"], abs=1e-4)
+    assert tradeoff[0]["warm_targets_hr@10"] == pytest.approx(
+        cold["new_items"]["results"]["streamrec_warm_targets"]["hr@10"], abs=1e-4
+    )
     for group in ("text_only_users", "text_only_new_users"):
         assert {"streamrec", "encoder_cosine", "popularity"} == set(cold[group]["results"])
     assert cold["text_only_new_users"]["users"] > 0
@@ -129,6 +136,8 @@ def test_evaluate_online_retail_with_cold_start(
         assert "protocol" in block
         for metrics in block["results"].values():
             assert METRICS <= set(metrics)
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "### new_items" in page and "| factor | new items HR@10 | warm targets HR@10 |" in page
     # The item title vectors were cached under the data dir.
     assert list((tmp_path / "state" / "cache").glob("text-*.npy"))
 

@@ -35,6 +35,7 @@ from inference.schemas import (
     utcnow,
 )
 from inference.store import StoreError
+from stream.batching import GrowingBatchStream
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
@@ -66,6 +67,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         web_transport=f"tcp://{settings.http_host}:{settings.http_port}",
         autodiscover=False,
         broker_credentials=faust_credentials(settings),
+        Stream=GrowingBatchStream,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     state = WorkerState()
@@ -194,7 +196,9 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         """An agent body: take batches, dead-letter what fails validation, hand over the rest."""
 
         async def agent(stream):
-            async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            async for batch in stream.take_growing(
+                settings.batch_size, idle_s=settings.batch_window_s, max_wait_s=settings.batch_max_wait_s
+            ):
                 async def body(batch=batch):
                     accepted = await accept(batch, model)
                     if accepted:

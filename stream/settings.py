@@ -48,7 +48,12 @@ class StreamSettings(BaseSettings):
 
     batch_size: int = Field(default=500, ge=1, description="Most events handled as one batch.")
     batch_window_s: float = Field(
-        default=0.002, gt=0, description="Longest wait for a batch to fill before it is handled."
+        default=0.002, gt=0,
+        description="A batch is handled once no event arrived for this long (or when it is full, or at STREAMREC_BATCH_MAX_WAIT_S).",
+    )
+    batch_max_wait_s: float = Field(
+        default=0.02, gt=0,
+        description="Longest a batch keeps filling while events keep arriving (a backlog drains in full batches).",
     )
     fetch_max_wait_ms: int = Field(
         default=10, ge=0, le=5000,
@@ -90,6 +95,15 @@ class StreamSettings(BaseSettings):
             )
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             raise ValueError("STREAMREC_KAFKA_SSL_CERTFILE and STREAMREC_KAFKA_SSL_KEYFILE go together")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_wait_covers_the_window(self) -> StreamSettings:
+        if self.batch_max_wait_s < self.batch_window_s:
+            raise ValueError(
+                f"STREAMREC_BATCH_MAX_WAIT_S ({self.batch_max_wait_s}) must be at least "
+                f"STREAMREC_BATCH_WINDOW_S ({self.batch_window_s})"
+            )
         return self
 
     def topic(self, name: str) -> str:

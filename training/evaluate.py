@@ -375,6 +375,7 @@ def cold_items(
     known_ranking = rank_cases(lambda u, p: score_users(known, split, u, p, known_vectors), cold_cases)
     # Lengthening the text-made vectors lifts new items in every ranking, at the warm targets'
     # expense: what reaching a cold-start figure by boosting new items would cost.
+    validation = eval_cases(split, "validation", exclude_seen=options.exclude_seen)
     tradeoff = []
     for factor in BOOST_FACTORS:
         boosted = item_vectors.clone()
@@ -387,6 +388,8 @@ def cold_items(
             "factor": factor,
             "new_items_hr@10": round(rank_cases(score_boosted, cold_cases).metrics(split.n_items)["hr@10"], 4),
             "warm_targets_hr@10": round(rank_cases(score_boosted, warm_cases).metrics(split.n_items)["hr@10"], 4),
+            # Whole validation baskets: the figure a factor could be chosen by without the test.
+            "validation_ndcg@10": round(rank_cases(score_boosted, validation).metrics(split.n_items)["ndcg@10"], 4),
         })
     same_model_warm = rank_cases(score, warm_cases, desc="warm items" if options.progress else None)
     pop = rank_cases(lambda u, p: popularity.scores(split, u, p), cold_cases)

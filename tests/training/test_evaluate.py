@@ -138,6 +138,7 @@ def test_evaluate_online_retail_with_cold_start(
             assert METRICS <= set(metrics)
     page = (tmp_path / "report" / "report.md").read_text()
     assert "### new_items" in page and "| factor | new items HR@10 | warm targets HR@10 |" in page
+    assert all(0 <= t["validation_ndcg@10"] <= 1 for t in tradeoff)
     # The item title vectors were cached under the data dir.
     assert list((tmp_path / "state" / "cache").glob("text-*.npy"))
 

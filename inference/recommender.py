@@ -59,7 +59,7 @@ from inference.profiles import (
     recent_weights,
 )
 from inference.purchase_probability import PurchaseModel, load_purchase_model
-from inference.ranking import Candidate, Ranked, Weights, rank
+from inference.ranking import Candidate, CandidatePool, Ranked, Weights, rank
 from inference.schemas import (
     Erasure,
     ErasureConfirmed,
@@ -673,7 +673,7 @@ class Recommender:
         strategies = [self.strategy(p.user_id) for p in profiles]
         queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
         flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
-        hits_by_index: dict[int, list[Candidate]] = {}
+        hits_by_index: dict[int, CandidatePool] = {}
         if flat:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
@@ -682,8 +682,8 @@ class Recommender:
                     self.items_collection, np.stack([q for _, q in flat]), limit,
                     filters=[store_filters[i] for i, _ in flat],
                 )
-            # An item found by several of a user's queries keeps its best similarity; a Candidate
-            # is built once per item, not per hit.
+            # An item found by several of a user's queries keeps its best similarity; candidates
+            # stay columns (CandidatePool) until ranking reads the few that can reach the top k.
             best: dict[int, dict[str, float]] = {}
             for (i, _), (ids, scores) in zip(flat, batch):
                 merged = best.setdefault(i, {})
@@ -692,11 +692,14 @@ class Recommender:
                         merged[item_id] = similarity
             records = self.items.get_many(item_id for merged in best.values() for item_id in merged)
             for i, merged in best.items():
-                hits_by_index[i] = [
-                    Candidate(item_id, similarity, r.vector, r.title, r.category, r.price)
-                    for item_id, similarity in merged.items()
-                    if (r := records.get(item_id)) is not None  # None: deleted since the search
-                ]
+                ids, similarities, found = [], [], []
+                for item_id, similarity in merged.items():
+                    record = records.get(item_id)
+                    if record is not None:  # None: deleted since the search
+                        ids.append(item_id)
+                        similarities.append(similarity)
+                        found.append(record)
+                hits_by_index[i] = CandidatePool(ids, similarities, found)
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
         out = []
@@ -704,7 +707,7 @@ class Recommender:
         for i, profile in enumerate(profiles):
             strategy, rec_id = strategies[i], rec_ids[i]
             candidates = hits_by_index[i] if i in hits_by_index else \
-                self._popular_candidates(profile, filters[i], limit)
+                CandidatePool.of(self._popular_candidates(profile, filters[i], limit))
             weights = strategy.weights
             boost = self.settings.segment_price_boost.get(profile.segment or "", 0.0)
             if boost:
@@ -712,7 +715,7 @@ class Recommender:
             ranked = rank(
                 candidates,
                 k=k,
-                popularity=self.popularity.values([c.item_id for c in candidates]),
+                popularity=self.popularity.values(candidates.item_ids),
                 category_affinity=category_affinity(profile),
                 weights=weights,
             )

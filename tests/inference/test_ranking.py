@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.ranking import Candidate, Weights, popularity_score, rank, score
+from inference.ranking import Candidate, CandidatePool, Weights, popularity_score, rank, score
 
 
 def test_popularity_score_is_log_scaled_and_bounded():
@@ -68,3 +70,10 @@ def test_rank_matches_scoring_every_candidate_one_by_one(rows, k, price_weight):
     got = rank(candidates, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
     want = _rank_one_by_one(candidates, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
     assert [(r.item_id, r.score, r.popularity) for r in got] == want
+    # The same candidates as columns over item records (what retrieval hands over) rank the same,
+    # and the Candidates built from the pool are the ones a list would have held.
+    records = [SimpleNamespace(vector=None, title=c.title, category=c.category, price=c.price) for c in candidates]
+    pool = CandidatePool([c.item_id for c in candidates], [c.similarity for c in candidates], records)
+    pooled = rank(pool, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
+    assert [(r.candidate, r.score, r.popularity) for r in pooled] == [(r.candidate, r.score, r.popularity) for r in got]
+    assert list(pool) == candidates and pool[1:3] == candidates[1:3] and CandidatePool.of(pool) is pool

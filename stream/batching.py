@@ -61,11 +61,11 @@ class GrowingBatchStream(faust.Stream):
         buffer_consumed = asyncio.Event()
         buffer_consuming: asyncio.Future | None = None
         loop = asyncio.get_running_loop()
-        first_at = 0.0
+        first_at = last_at = 0.0
         acks_enabled = self.enable_acks
 
         async def add_to_buffer(value):
-            nonlocal buffer_consuming, first_at
+            nonlocal buffer_consuming, first_at, last_at
             try:
                 if buffer_consuming is not None:  # the batch is being handled: wait for it
                     try:
@@ -75,8 +75,9 @@ class GrowingBatchStream(faust.Stream):
                 event = self.current_event
                 if event is None:
                     raise RuntimeError("take_growing found current_event is None")
+                last_at = loop.time()
                 if not events:
-                    first_at = loop.time()
+                    first_at = last_at
                 events.append(event)
                 if len(events) >= max_:
                     buffer_full.set()
@@ -95,15 +96,13 @@ class GrowingBatchStream(faust.Stream):
         try:
             while not self.should_stop:
                 await self.wait_for_stopped(buffer_full, timeout=idle_s)
-                # Still filling: wait another gap, until one passes with nothing new.
+                # Still filling: wait until idle_s after the latest event, or the longest wait.
                 while events and not buffer_full.is_set() and not self.should_stop:
-                    left = max_wait_s - (loop.time() - first_at)
-                    if left <= 0:
+                    now = loop.time()
+                    close_at = min(last_at + idle_s, first_at + max_wait_s)
+                    if now >= close_at:
                         break
-                    size = len(events)
-                    await self.wait_for_stopped(buffer_full, timeout=min(idle_s, left))
-                    if len(events) == size:
-                        break
+                    await self.wait_for_stopped(buffer_full, timeout=close_at - now)
                 if not events:
                     continue
                 buffer_consuming = loop.create_future()

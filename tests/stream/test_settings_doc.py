@@ -38,3 +38,10 @@ def test_a_bad_setting_names_its_variable(monkeypatch):
     monkeypatch.setenv("STREAMREC_HTTP_PORT", "not-a-port")
     with pytest.raises(ValidationError, match="http_port"):
         StreamSettings()
+
+
+def test_a_batch_cannot_close_at_its_longest_wait_before_its_quiet_gap(monkeypatch):
+    monkeypatch.setenv("STREAMREC_BATCH_WINDOW_S", "0.05")
+    monkeypatch.setenv("STREAMREC_BATCH_MAX_WAIT_S", "0.01")
+    with pytest.raises(ValidationError, match="STREAMREC_BATCH_MAX_WAIT_S"):
+        StreamSettings()

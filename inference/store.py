@@ -26,7 +26,7 @@ import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +313,20 @@ def _as_array(vector: Any) -> np.ndarray | None:
     return None if vector is None else np.asarray(vector, dtype=np.float32)
 
 
+def _filters_per_row(
+    matrix: np.ndarray, filters: Sequence[Filter | None], convert: Callable[[Filter | None], Any]
+) -> list[Any]:
+    """Each query row's filter in the backend's form; rows that pass the same Filter object (a
+    user's several queries) share one conversion."""
+    if len(filters) != len(matrix):
+        raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
+    converted: dict[int, Any] = {}
+    for f in filters:
+        if id(f) not in converted:
+            converted[id(f)] = convert(f)
+    return [converted[id(f)] for f in filters]
+
+
 def _in_id_order(ids: Sequence[str], points: Sequence[Point]) -> list[Point]:
     by_id = {p.id: p for p in points}
     return [by_id[i] for i in ids if i in by_id]
@@ -495,16 +509,11 @@ class EdgeStore(VectorStore):
     ) -> list[list[Any]]:
         shard, dim = self._shard(name)
         matrix = _matrix(name, vectors, dim)
-        if len(filters) != len(matrix):
-            raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
+        row_filters = _filters_per_row(matrix, filters, _edge_filter)
         if limit <= 0 or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
-        converted: dict[int, qe.Filter | None] = {}  # a user's several queries share one filter
-        for f in filters:
-            if id(f) not in converted:
-                converted[id(f)] = _edge_filter(f)
-        requests = [self._request(row.tolist(), limit, converted[id(f)], False, payload)
-                    for row, f in zip(matrix, filters, strict=True)]
+        requests = [self._request(row.tolist(), limit, f, False, payload)
+                    for row, f in zip(matrix, row_filters, strict=True)]
         with _edge_errors(f"searching {name!r}"):
             return shard.query_batch(qe.QueryBatchRequest(requests))
 
@@ -827,17 +836,12 @@ class QdrantClientStore(VectorStore):
     ) -> list[list[Any]]:
         client = self._open()
         matrix = _matrix(name, vectors, self._dim(name))
-        if len(filters) != len(matrix):
-            raise ValueError(f"search_batch got {len(matrix)} vectors but {len(filters)} filters")
+        row_filters = _filters_per_row(matrix, filters, self._filter)
         if limit <= 0 or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
-        converted: dict[int, Any] = {}  # a user's several queries share one filter
-        for f in filters:
-            if id(f) not in converted:
-                converted[id(f)] = self._filter(f)
         requests = [
-            self._m.QueryRequest(query=row.tolist(), filter=converted[id(f)], limit=limit, with_payload=payload)
-            for row, f in zip(matrix, filters, strict=True)
+            self._m.QueryRequest(query=row.tolist(), filter=f, limit=limit, with_payload=payload)
+            for row, f in zip(matrix, row_filters, strict=True)
         ]
         with self._errors(f"searching {name!r}"):
             responses = client.query_batch_points(name, requests=requests)

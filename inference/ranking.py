@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -62,6 +63,20 @@ class CandidatePool(Sequence[Candidate]):
         return Candidate(self.item_ids[j], self.similarities[j], r.vector, r.title, r.category, r.price)
 
 
+def best_per_item(results: Sequence[tuple[Sequence[str], Sequence[float]]]) -> tuple[list[str], list[float]]:
+    """Merge several queries' (ids, similarities): an item found more than once keeps its best
+    similarity. One sort and one dict build in C, not a dict update per hit."""
+    if len(results) == 1:
+        return list(results[0][0]), list(results[0][1])
+    ids = [i for found, _ in results for i in found]
+    if not ids:
+        return [], []
+    similarities = np.concatenate([np.asarray(scores, dtype=np.float64) for _, scores in results])
+    order = np.argsort(similarities, kind="stable").tolist()  # ascending: the best is written last
+    merged = dict(zip(map(ids.__getitem__, order), similarities[order].tolist()))
+    return list(merged), list(merged.values())
+
+
 @dataclass(frozen=True)
 class Ranked:
     candidate: Candidate
@@ -93,11 +108,13 @@ def rank(
     candidates: Sequence[Candidate],
     *,
     k: int,
-    popularity: Mapping[str, float],
+    popularity: Mapping[str, float] | np.ndarray,
     category_affinity: Mapping[str, float],
     weights: Weights,
 ) -> list[Ranked]:
     """Score and sort (ties by item id, so output is deterministic); the top k.
+
+    `popularity`: counts by item id, or an array of them in the candidates' order.
 
     Hundreds of candidates come in and ten go out, so numpy scores them all and `score` re-scores
     exactly only those that can reach the top k (within a rounding margin of the k-th): the
@@ -106,7 +123,12 @@ def rank(
         return []
     pool = CandidatePool.of(candidates)
     n = len(pool)
-    pops = np.fromiter((popularity.get(i, 0.0) for i in pool.item_ids), np.float64, n)
+    if isinstance(popularity, np.ndarray):
+        if len(popularity) != n:
+            raise ValueError(f"popularity has {len(popularity)} values for {n} candidates")
+        pops = popularity.astype(np.float64, copy=False)
+    else:
+        pops = np.fromiter(map(popularity.get, pool.item_ids, repeat(0.0)), np.float64, n)
     prices = np.fromiter((r.price or 0.0 for r in pool.records), np.float64, n)
     max_pop, max_price = float(pops.max()), float(prices.max())
     approx = weights.similarity * np.asarray(pool.similarities, dtype=np.float64)

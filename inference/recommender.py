@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import time
 import uuid
@@ -59,7 +58,7 @@ from inference.profiles import (
     recent_weights,
 )
 from inference.purchase_probability import PurchaseModel, load_purchase_model
-from inference.ranking import Candidate, CandidatePool, Ranked, Weights, rank
+from inference.ranking import Candidate, CandidatePool, Ranked, Weights, best_per_item, rank
 from inference.schemas import (
     Erasure,
     ErasureConfirmed,
@@ -684,21 +683,18 @@ class Recommender:
                 )
             # An item found by several of a user's queries keeps its best similarity; candidates
             # stay columns (CandidatePool) until ranking reads the few that can reach the top k.
-            best: dict[int, dict[str, float]] = {}
-            for (i, _), (ids, scores) in zip(flat, batch):
-                merged = best.setdefault(i, {})
-                for item_id, similarity in zip(ids, scores):
-                    if merged.get(item_id, -math.inf) < similarity:
-                        merged[item_id] = similarity
-            records = self.items.get_many(item_id for merged in best.values() for item_id in merged)
-            for i, merged in best.items():
-                ids, similarities, found = [], [], []
-                for item_id, similarity in merged.items():
-                    record = records.get(item_id)
-                    if record is not None:  # None: deleted since the search
-                        ids.append(item_id)
-                        similarities.append(similarity)
-                        found.append(record)
+            per_user: dict[int, list] = {}
+            for (i, _), found in zip(flat, batch):
+                per_user.setdefault(i, []).append(found)
+            merged = {i: best_per_item(results) for i, results in per_user.items()}
+            wanted = {item_id for ids, _ in merged.values() for item_id in ids}
+            records = self.items.get_many(wanted)
+            for i, (ids, similarities) in merged.items():
+                found = list(map(records.get, ids))
+                if len(records) < len(wanted):  # some were deleted since the search
+                    kept = [j for j, r in enumerate(found) if r is not None]
+                    ids, similarities, found = [ids[j] for j in kept], [similarities[j] for j in kept], \
+                        [found[j] for j in kept]
                 hits_by_index[i] = CandidatePool(ids, similarities, found)
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         now = utcnow()
@@ -783,8 +779,7 @@ class Recommender:
             if queries:
                 order = np.argsort(-(matrix @ queries[0]))
             else:
-                pops = self.popularity.values(ids)
-                order = sorted(range(len(ids)), key=lambda j: -pops[ids[j]])
+                order = np.argsort(-self.popularity.values(ids), kind="stable")
             for j in order[:200]:
                 item_id = ids[j]
                 if item_id in taken:

@@ -29,6 +29,8 @@ def test_top_matches_ranking_by_the_decayed_value(log, n):
     rest = [pop.value(i) for i in pop.snapshot() if i not in top]
     if rest:
         assert min(values) >= max(rest) * (1 - 1e-9)
+    asked = [*top, "never-counted", *top[:1]]
+    assert pop.values(asked).tolist() == pytest.approx([pop.value(i) for i in asked], rel=1e-12)
 
 
 def test_an_old_burst_ranks_below_steady_recent_interest():

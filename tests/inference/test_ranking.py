@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.ranking import Candidate, CandidatePool, Weights, popularity_score, rank, score
+import numpy as np
+
+from inference.ranking import Candidate, CandidatePool, Weights, best_per_item, popularity_score, rank, score
 
 
 def test_popularity_score_is_log_scaled_and_bounded():
@@ -77,3 +79,27 @@ def test_rank_matches_scoring_every_candidate_one_by_one(rows, k, price_weight):
     pooled = rank(pool, k=k, popularity=popularity, category_affinity={"a": 0.7}, weights=weights)
     assert [(r.candidate, r.score, r.popularity) for r in pooled] == [(r.candidate, r.score, r.popularity) for r in got]
     assert list(pool) == candidates and pool[1:3] == candidates[1:3] and CandidatePool.of(pool) is pool
+    # Popularity as an array in the candidates' order (what the worker passes) ranks the same.
+    aligned = np.array([popularity.get(c.item_id, 0.0) for c in candidates])
+    by_array = rank(pool, k=k, popularity=aligned, category_affinity={"a": 0.7}, weights=weights)
+    assert [(r.candidate, r.score, r.popularity) for r in by_array] == [(r.candidate, r.score, r.popularity) for r in got]
+
+
+def test_rank_refuses_a_popularity_array_of_another_length():
+    with pytest.raises(ValueError, match="2 values for 1 candidates"):
+        rank([Candidate("a", 0.5, None, "A", None)], k=1, popularity=np.zeros(2), category_affinity={},
+             weights=Weights())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.sampled_from([0.1, 0.2, 0.5, 0.9])),
+                         max_size=8, unique_by=lambda hit: hit[0]), min_size=1, max_size=4))
+def test_best_per_item_keeps_each_items_best_similarity(queries):
+    """Several queries' results: every item once, with the highest similarity any query gave it."""
+    results = [([i for i, _ in hits], [s for _, s in hits]) for hits in queries]
+    want: dict[str, float] = {}
+    for hits in queries:
+        for item_id, similarity in hits:
+            want[item_id] = max(want.get(item_id, -1.0), similarity)
+    ids, similarities = best_per_item(results)
+    assert dict(zip(ids, similarities)) == want and len(ids) == len(want)

@@ -204,6 +204,18 @@ def test_search_ids_returns_the_ids_and_scores_of_search_batch(filled):
         filled.search_ids(COLL, queries, 2, filters=[None])
 
 
+def test_search_ids_names_points_the_store_has_not_seen_and_keeps_its_memory_bounded(filled, monkeypatch):
+    """The embedded store searches for point ids only and names them from what it learnt; a
+    full memory is dropped and learnt again, never answered wrong."""
+    queries = np.stack([unit(0), fan(50)])
+    want = [ids(r) for r in filled.search_batch(COLL, queries, 4, filters=[None, None])]
+    assert [r.ids for r in filled.search_ids(COLL, queries, 4, filters=[None, None])] == want
+    monkeypatch.setattr("inference.store.MAX_KNOWN_KEYS", 3)
+    assert [r.ids for r in filled.search_ids(COLL, queries, 4, filters=[None, None])] == want
+    filled.upsert(COLL, [Point("late", fan(1), {"category": "late", "price": 1.0, "in_stock": True})])
+    assert filled.search_ids(COLL, unit(0)[None, :], 2, filters=[None])[0].ids == ["p0", "late"]
+
+
 def test_delete_removes_from_search_at_once(filled):
     filled.delete(COLL, ["p0", "p2", "never-existed"])
     assert ids(filled.search(COLL, unit(0), 3)) == ["p1", "p3", "p4"]

@@ -52,11 +52,11 @@ from inference.settings import InferenceSettings
 from stream.broker import LocalBroker, free_port
 from stream.demo import RecommendationLog
 from stream.replay import producer, publish, retail_events, retail_items
+from stream.settings import TOPICS
 from stream.worker_process import WorkerProcess
 from training.datasets import default_online_retail_path, load_online_retail, sample_customers
 
 PREFIX = "bench."
-TOPICS = ("events", "items", "intents", "requests", "recommendations", "deadletter")
 SUSTAIN_SHARE = 0.95  # a producer below 95% of the asked rate did not sustain it
 
 
@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, \
             LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
+        # Every topic the worker reads or writes, made before it starts: a topic the local broker
+        # creates on a first produce (segments) can leave that send unanswered and stall the run.
         broker.create_topics([PREFIX + t for t in TOPICS], partitions=4)
         env = {
             "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, \
             LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
-        # Every topic the worker reads or writes, made before it starts: a topic the local broker
-        # creates on a first produce (segments) can leave that send unanswered and stall the run.
+        # Every topic the worker reads or writes, made before it starts: runs in which the local
+        # broker created `segments` on the worker's first produce stalled (perf-20261130).
         broker.create_topics([PREFIX + t for t in TOPICS], partitions=4)
         env = {
             "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,

@@ -389,7 +389,7 @@ class EdgeStore(VectorStore):
         # The caller's id of each point id a search returned. A search asks the engine for ids
         # only (building the payload of every hit was 60% of its time); point ids derive from
         # keys (uuid5), so an entry never goes stale and the map is shared by all collections.
-        self._keys: dict[uuid.UUID, str] = {}
+        self._keys: dict[int, str] = {}  # by the point id's 128-bit int: C-level hashing
         self._mutex = threading.RLock()
 
     # -- collections
@@ -507,7 +507,7 @@ class EdgeStore(VectorStore):
         self, name: str, vectors: np.ndarray, limit: int, *, filters: Sequence[Filter | None],
     ) -> list[ScoredIds]:
         results = self._query_batch(name, vectors, limit, filters, False)
-        point_ids = [[s.id for s in scored] for scored in results]
+        point_ids = [[s.id.int for s in scored] for scored in results]
         keys = self._keys
         if len(keys) > MAX_KNOWN_KEYS:
             keys.clear()  # bounded memory; what is needed again is learnt again below
@@ -524,12 +524,13 @@ class EdgeStore(VectorStore):
                 out.append(ScoredIds(found, [s.score for s in scored]))
         return out
 
-    def _learn_keys(self, name: str, point_ids: set[uuid.UUID]) -> None:
+    def _learn_keys(self, name: str, point_ids: set[int]) -> None:
         shard, _ = self._shard(name)
         with _edge_errors(f"retrieving keys from {name!r}"):
-            records = shard.retrieve([str(u) for u in point_ids], qe.PayloadSelector.Include([KEY_FIELD]), False)
+            records = shard.retrieve([str(uuid.UUID(int=u)) for u in point_ids],
+                                     qe.PayloadSelector.Include([KEY_FIELD]), False)
         for r in records:
-            self._keys[r.id] = _key_of(r)
+            self._keys[r.id.int] = _key_of(r)
 
     def _query_batch(
         self, name: str, vectors: np.ndarray, limit: int, filters: Sequence[Filter | None],

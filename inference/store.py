@@ -534,7 +534,7 @@ class EdgeStore(VectorStore):
 
     def _query_batch(
         self, name: str, vectors: np.ndarray, limit: int, filters: Sequence[Filter | None],
-        payload: bool | qe.PayloadSelector,
+        payload: bool,
     ) -> list[list[Any]]:
         shard, dim = self._shard(name)
         matrix = _matrix(name, vectors, dim)
@@ -629,7 +629,7 @@ class EdgeStore(VectorStore):
 
     @staticmethod
     def _request(vector: list[float], limit: int, f: qe.Filter | None, with_vectors: bool,
-                 payload: bool | qe.PayloadSelector = True) -> qe.QueryRequest:
+                 payload: bool = True) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(vector),

@@ -40,13 +40,32 @@ from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
 from stream.model_updates import ModelUpdateFollower
-from stream.settings import StreamSettings
+from stream.settings import TOPICS, StreamSettings
 from stream.status_page import STATUS_PAGE
 from stream.transport import StreamrecApp
 
 log = logging.getLogger("streamrec.worker")
 
 STORE_RETRY_MAX_S = 30.0
+
+
+class SendTimeout(RuntimeError):
+    """The broker took a send but did not acknowledge it in time (STREAMREC_SEND_TIMEOUT_S)."""
+
+
+async def acknowledged(pending: Sequence[asyncio.Future], timeout_s: float, what: str) -> None:
+    """Wait for the broker's acks of ``pending`` sends, at most ``timeout_s``: a broker that takes a
+    send and never answers must not stall the worker for ever. Raises :class:`SendTimeout` (the
+    batch is then handled again) or the first send's own error. Never cancels the sends: the
+    producer still owns them, and a late ack is harmless (answers carry deterministic ids)."""
+    if not pending:
+        return
+    done, late = await asyncio.wait(pending, timeout=timeout_s)
+    if late:
+        raise SendTimeout(f"the broker did not acknowledge {len(late)} of {len(pending)} {what} "
+                          f"within {timeout_s:g}s (STREAMREC_SEND_TIMEOUT_S)")
+    for future in done:
+        future.result()
 
 
 def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecApp:
@@ -64,6 +83,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         broker_request_timeout=max(settings.session_timeout_s * 3, 30.0),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # The producer's own expiry of unanswered sends (Faust's default is 20 minutes).
+        producer_request_timeout=settings.send_timeout_s,
         web_transport=f"tcp://{settings.http_host}:{settings.http_port}",
         autodiscover=False,
         broker_credentials=faust_credentials(settings),
@@ -83,11 +104,12 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             settings.topic(name), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
-    events_topic, items_topic = raw_topic("events"), raw_topic("items")
-    intents_topic, requests_topic = raw_topic("intents"), raw_topic("requests")
-    recommendations_topic, deadletter_topic = raw_topic("recommendations"), raw_topic("deadletter")
-    segments_topic = raw_topic("segments")
-    erasures_topic, erasures_confirmed_topic = raw_topic("erasures"), raw_topic("erasures-confirmed")
+    topics = {name: raw_topic(name) for name in TOPICS}
+    events_topic, items_topic = topics["events"], topics["items"]
+    intents_topic, requests_topic = topics["intents"], topics["requests"]
+    recommendations_topic, deadletter_topic = topics["recommendations"], topics["deadletter"]
+    segments_topic = topics["segments"]
+    erasures_topic, erasures_confirmed_topic = topics["erasures"], topics["erasures-confirmed"]
 
     async def in_executor(fn: Callable, *args: Any):
         """Run recommender work on its single thread; retry store outages without dropping input."""
@@ -119,7 +141,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             at=utcnow(),
         )
         # Wait for the broker's ack: the input's offset must not be committed before its dead letter.
-        await (await deadletter_topic.send(key=msg.key, value=record.to_bytes()))
+        sent = await deadletter_topic.send(key=msg.key, value=record.to_bytes())
+        await acknowledged([sent], settings.send_timeout_s, "dead letters")
         state.dead_lettered[reason.reason] += 1
         log.info("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
@@ -156,7 +179,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         changes = [m for m in messages or () if isinstance(m, SegmentChange)]
         pending = [await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes()) for rec in recs]
         pending += [await segments_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in changes]
-        await asyncio.gather(*pending)
+        await acknowledged(pending, settings.send_timeout_s, "recommendations and segment changes")
         state.published += len(recs)
         now = time.time()
         for rec in recs:
@@ -235,9 +258,8 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     async def handle_erasures(accepted) -> None:
         confirmations = await process(accepted, recommender.erase_users)
         # Confirmed only once the store's delete returned and was flushed.
-        await asyncio.gather(*[
-            await erasures_confirmed_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in confirmations
-        ])
+        sent = [await erasures_confirmed_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in confirmations]
+        await acknowledged(sent, settings.send_timeout_s, "erasure confirmations")
         state.processed["erasure"] += len(accepted)
 
     app.agent(erasures_topic, name="streamrec.on_erasures")(batches("erasures", Erasure, handle_erasures))
@@ -245,6 +267,18 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     app.agent(events_topic, name="streamrec.on_events")(batches("events", Event, handle_events))
     app.agent(intents_topic, name="streamrec.on_intents")(batches("intents", Intent, handle_intents))
     app.agent(requests_topic, name="streamrec.on_requests")(batches("requests", Request, handle_requests))
+
+    @app.task
+    async def declare_topics():
+        """Create every topic this worker reads or writes that does not exist yet, with
+        STREAMREC_TOPIC_PARTITIONS partitions. Faust declares only its internal topics; without
+        this, a topic the worker writes would first be created by a produce: with a broker's
+        defaults, or (auto-creation off) never, stalling that send."""
+        for topic in topics.values():
+            try:
+                await topic.maybe_declare()
+            except Exception as exc:  # noqa: BLE001 - e.g. no CREATE right: the operator made them
+                log.warning("could not create topic %s (%r); it must exist already", topic.get_topic_name(), exc)
 
     @app.timer(interval=settings.popularity_flush_s)
     async def persist_state():

@@ -237,6 +237,8 @@ class LocalBroker:
         die_with_parent: on Linux, have the kernel stop the broker if this process
             (precisely: the thread that called :meth:`start`) dies, even by SIGKILL.
         binary: the tansu executable; defaults to :func:`tansu_binary`.
+        advertised_port: the port the broker tells clients to connect to (default: its own),
+            for a proxy in front of it; ``bootstrap`` stays the broker's own port.
         start: start at construction (default). With ``False`` call :meth:`start`
             or enter the context manager.
     """
@@ -250,6 +252,7 @@ class LocalBroker:
         cluster_id: str = "streamrec-dev",
         die_with_parent: bool = True,
         binary: str | os.PathLike[str] | None = None,
+        advertised_port: int | None = None,
         start: bool = True,
     ) -> None:
         self._requested_port = port
@@ -259,6 +262,7 @@ class LocalBroker:
         self._cluster_id = cluster_id
         self._die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._binary = Path(binary) if binary is not None else None
+        self._advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_file_path: Path | None = None
@@ -337,11 +341,12 @@ class LocalBroker:
     def _spawn(self, binary: Path, port: int) -> None:
         self._port = port
         url = f"tcp://{HOST}:{port}"
+        advertised = f"tcp://{HOST}:{self._advertised_port or port}"
         cmd = [
             os.fspath(binary),
             "broker",
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", STORAGE_ENGINE,
             "--cluster-id", self._cluster_id,
         ]  # fmt: skip

@@ -36,7 +36,9 @@ class StreamSettings(BaseSettings):
     kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key for mutual TLS.")
     topic_prefix: str = Field(default="streamrec.", description="Prefix of every topic name.")
     app_id: str = Field(default="streamrec", description="Kafka consumer group id of the workers.")
-    topic_partitions: int = Field(default=4, ge=1, description="Partitions of the topics the worker declares.")
+    topic_partitions: int = Field(
+        default=4, ge=1, description="Partitions of the topics the worker creates at start where they do not exist."
+    )
 
     http_host: str = Field(default="127.0.0.1", description="Address the worker's HTTP server binds.")
     http_port: int = Field(default=6066, ge=1, le=65535, description="Port of the worker's HTTP server.")
@@ -58,6 +60,11 @@ class StreamSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         default=10, ge=0, le=5000,
         description="How long a fetch waits for data; Faust's own 1500 ms would dominate freshness.",
+    )
+    send_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest the worker waits for the broker to acknowledge what it publishes; then it "
+        "reports itself unhealthy and handles the batch again (nothing is acked before its answers are).",
     )
     session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer-group session timeout.")
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Consumer-group heartbeat interval.")

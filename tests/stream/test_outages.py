@@ -20,6 +20,7 @@ import pytest
 
 from stream.broker import LocalBroker, free_port
 from stream.worker_process import WorkerFailed
+from tests.fixtures.broker_proxy import UnansweringProxy
 from tests.fixtures.fault_fixtures import (
     T0,
     Answers,
@@ -102,6 +103,42 @@ def test_worker_rides_out_a_broker_restart_and_keeps_its_profiles(tmp_path_facto
         actual, records = stored_profiles(store), stored_items(store)
     problems = compare_all(actual, expected_profiles(before + after, records, profile_params()))
     assert not problems, "\n".join(problems[:40])
+
+
+@pytest.mark.integration  # its own broker, advertised behind a proxy
+def test_sends_the_broker_never_answers_degrade_health_then_go_through(tmp_path_factory, tiny_onnx_dir):
+    """A broker that takes the worker's sends and never acknowledges them: the worker must not
+    wait for ever. After STREAMREC_SEND_TIMEOUT_S /health says so; once the broker answers, the
+    batch is handled again and every event is answered."""
+    root = tmp_path_factory.mktemp("unanswered_sends")
+    proxy = UnansweringProxy()
+    broker = LocalBroker(log_path=root / "tansu.log", advertised_port=proxy.port)
+    proxy.start(broker.port)
+    d = Deployment(broker, root, tiny_onnx_dir, STREAMREC_SEND_TIMEOUT_S="3")
+    try:
+        worker = start_worker(d)
+        send(d, "items", ITEMS, lambda i: i.item_id)
+        worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(ITEMS), 120, "the catalog")
+        proxy.silence(b"faust")  # the worker's producer; the test's own producer is kafka-python
+        events = shop_events(SEED + 5, 120, ITEMS, n_users=8, duplicate_rate=0.0)
+        send(d, "events", events, lambda e: e.user_id)
+        health = wait_until(
+            lambda: (h := worker.get("/health", quiet=True, timeout=5)) and h.get("status") == "degraded" and h,
+            60, "/health to report the unacknowledged sends")
+        assert "did not acknowledge" in health["error"] and "STREAMREC_SEND_TIMEOUT_S" in health["error"], health
+        assert proxy.silenced_connections >= 1
+        assert worker.alive()
+        print(f"/health while the broker did not answer: {health}")
+
+        proxy.answer()
+        wait_answered(d.reader("recommendations"), events)
+        wait_until(lambda: (worker.get("/health", quiet=True, timeout=5) or {}).get("status") == "ok", 30,
+                   "/health to recover once the broker answers")
+        worker.stop()
+    finally:
+        d.close()
+        broker.stop()
+        proxy.stop()
 
 
 def test_unreachable_qdrant_server_at_start_is_retried_then_reported_clearly(broker, tmp_path_factory, tiny_onnx_dir):

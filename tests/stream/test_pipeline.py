@@ -9,6 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from inference.schemas import DeadLetter, Event, EventType, Item, Recommendation, Request
+from kafka import KafkaAdminClient
+
+from tests.fixtures.fault_fixtures import wait_until
 from tests.fixtures.kafka_fixtures import Deployment
 
 T0 = datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc)
@@ -113,3 +116,26 @@ def test_http_view_answers_from_the_same_state_and_state_survives_a_restart(depl
     again = worker.get("/recommendations/erin?k=40")
     assert "i30" not in {i["item_id"] for i in again["items"]}, "the purchase was forgotten across a restart"
     assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in live["items"]]
+
+
+def test_the_worker_creates_the_topics_it_writes_at_start(broker, tmp_path_factory, tiny_onnx_dir):
+    """Without this, the first segment change or dead letter would create its topic by a produce:
+    with the broker's defaults, or (auto-creation off, as in deploy/) never, stalling the send."""
+    d = Deployment(broker, tmp_path_factory.mktemp("declare"), tiny_onnx_dir, create_topics=False,
+                   STREAMREC_TOPIC_PARTITIONS="2")  # Tansu would auto-create with 4
+    written = ("recommendations", "segments", "deadletter", "erasures-confirmed")
+    try:
+        d.start_worker()
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        def partitions() -> dict[str, int] | None:
+            found = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([d.topic(n) for n in written])
+                     if t["error_code"] == 0}
+            return found if len(found) == len(written) else None
+
+        try:
+            described = wait_until(partitions, 30, "the written topics", interval=0.5)
+        finally:
+            admin.close()
+        assert described == {d.topic(n): 2 for n in written}
+    finally:
+        d.close()

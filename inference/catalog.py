@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -69,31 +70,60 @@ def record_from_point(point: Point) -> ItemRecord:
 
 
 class ItemCache:
-    """LRU cache of item records in front of the vector store; one store call per batch of misses."""
+    """LRU cache of item records in front of the vector store; one store call per batch of misses.
 
-    def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000):
+    A record is trusted for ``ttl_s`` after it was read or written here, then read again from the
+    store: with several workers, each consumes only its share of the catalog topic, and this
+    bounds how long another worker's change (price, stock, deletion) goes unseen here. An item
+    the store no longer has is forgotten when it is next asked for. Expired records stay listed
+    by :meth:`records` (the catalog as last seen, for clustering) until then."""
+
+    def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000, *,
+                 ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._store, self._collection, self._capacity = store, collection, capacity
+        self._ttl_s, self._clock = ttl_s, clock
         self._records: OrderedDict[str, ItemRecord] = OrderedDict()
+        self._fresh_until: OrderedDict[str, float] = OrderedDict()  # in put order, so expiry is from the front
+        self._expired: set[str] = set()
 
     def put(self, record: ItemRecord) -> None:
-        self._records[record.item_id] = record
-        self._records.move_to_end(record.item_id)
+        item_id = record.item_id
+        self._records[item_id] = record
+        self._records.move_to_end(item_id)
+        self._fresh_until[item_id] = self._clock() + self._ttl_s
+        self._fresh_until.move_to_end(item_id)
+        self._expired.discard(item_id)
         while len(self._records) > self._capacity:
-            self._records.popitem(last=False)
+            self.forget(next(iter(self._records)))
 
     def forget(self, item_id: str) -> None:
         self._records.pop(item_id, None)
+        self._fresh_until.pop(item_id, None)
+        self._expired.discard(item_id)
+
+    def _expire(self) -> None:
+        now, fresh = self._clock(), self._fresh_until
+        while fresh:
+            item_id, until = next(iter(fresh.items()))
+            if until > now:
+                return
+            del fresh[item_id]
+            self._expired.add(item_id)
 
     def get_many(self, item_ids: Iterable[str]) -> dict[str, ItemRecord]:
+        self._expire()
         wanted = dict.fromkeys(item_ids)
-        cached = self._records.get
-        found = {i: r for i in wanted if (r := cached(i)) is not None}
+        cached, expired = self._records.get, self._expired
+        found = {i: r for i in wanted if (r := cached(i)) is not None and i not in expired}
         missing = [i for i in wanted if i not in found] if len(found) < len(wanted) else []
         if missing:
             for point in self._store.retrieve(self._collection, missing, with_vectors=True):
                 record = record_from_point(point)
                 self.put(record)
                 found[record.item_id] = record
+            for item_id in missing:
+                if item_id not in found:
+                    self.forget(item_id)  # deleted, perhaps by another worker
         return found
 
     def records(self) -> Iterable[ItemRecord]:

@@ -160,7 +160,7 @@ class Recommender:
             stored_id=pseudonymiser(key.get_secret_value().encode() if key else None),
         )
         store.ensure_collection(USERS, self.dim)
-        self.items = ItemCache(store, items_collection)
+        self.items = ItemCache(store, items_collection, ttl_s=settings.item_cache_ttl_s)
         self.popularity = Popularity(settings.popularity_half_life_days * 86_400)
         self.params = ProfileParams(
             long_term_half_life_s=settings.long_term_half_life_days * 86_400,
@@ -293,7 +293,7 @@ class Recommender:
             self.store.delete(plan.collection, gone)
         previous = self.model_version
         self.encoder, self.items_collection = plan.encoder, plan.collection
-        self.items = ItemCache(self.store, plan.collection)
+        self.items = ItemCache(self.store, plan.collection, ttl_s=self.settings.item_cache_ttl_s)
         self._load_catalog()
         self._load_state()
         self.profiles.invalidate()

@@ -62,6 +62,11 @@ class InferenceSettings(BaseSettings):
     weight_category: float = Field(default=0.1, ge=0, description="Ranking weight of the user's category preference.")
     popularity_half_life_days: float = Field(default=7.0, gt=0, description="Half-life of item popularity.")
     profile_cache_size: int = Field(default=100_000, ge=1, description="User profiles kept in memory.")
+    item_cache_ttl_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a worker trusts its cached copy of an item before reading it again from the "
+        "vector store: a catalog change another worker consumed (price, stock, deletion) reaches this one within it.",
+    )
     pseudonymisation_key: SecretStr | None = Field(
         default=None,
         description="If set, stored state is keyed by HMAC-SHA256(key, user id) instead of the user id "

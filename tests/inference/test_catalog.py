@@ -1,12 +1,15 @@
-"""Popularity: decayed counts, and a top-n that ranks without decaying every count."""
+"""Popularity: decayed counts, and a top-n that ranks without decaying every count; the item cache
+in front of a real embedded store."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.catalog import Popularity
+from inference.catalog import ITEMS, ItemCache, ItemRecord, Popularity
+from inference.store import Point, open_store
 
 HALF_LIFE = 86_400.0
 
@@ -49,3 +52,51 @@ def test_restore_and_forget_keep_the_ranking_in_step():
     assert pop.top(2) == ["a", "b"]  # 4 halved once beats 1
     pop.forget("a")
     assert pop.top(2) == ["b"]
+
+
+# --------------------------------------------------------------------------- the item cache
+
+
+def _point(item_id: str, price: float) -> Point:
+    return Point(item_id, np.full(4, 0.5, dtype=np.float32), {"title": item_id, "price": price, "in_stock": True})
+
+
+def test_the_item_cache_rereads_an_expired_record_and_forgets_an_item_the_store_lost(tmp_path):
+    """Another worker changed or deleted the item in the shared store: this cache sees it once
+    its copy expires, and not before (one read per batch of misses)."""
+    store = open_store(url=None, api_key=None, data_dir=tmp_path)
+    try:
+        store.ensure_collection(ITEMS, 4)
+        store.upsert(ITEMS, [_point("a", 1.0), _point("b", 2.0)])
+        now = [0.0]
+        cache = ItemCache(store, ttl_s=10.0, clock=lambda: now[0])
+        assert {i: r.price for i, r in cache.get_many(["a", "b"]).items()} == {"a": 1.0, "b": 2.0}
+
+        store.upsert(ITEMS, [_point("a", 9.0)])  # as another worker would
+        store.delete(ITEMS, ["b"])
+        now[0] = 9.9
+        assert {i: r.price for i, r in cache.get_many(["a", "b"]).items()} == {"a": 1.0, "b": 2.0}
+        now[0] = 10.0
+        assert {i: r.price for i, r in cache.get_many(["a", "b"]).items()} == {"a": 9.0}
+        assert [r.item_id for r in cache.records()] == ["a"] and len(cache) == 1
+
+        cache.put(ItemRecord("c", np.zeros(4, dtype=np.float32), "c", None, 3.0, True))
+        now[0] = 25.0  # both expired: still listed as the catalog last seen, re-read when asked for
+        assert sorted(r.item_id for r in cache.records()) == ["a", "c"]
+        assert cache.get_many(["c"]) == {}  # "c" was never in the store
+        assert [r.item_id for r in cache.records()] == ["a"]
+    finally:
+        store.close()
+
+
+def test_the_item_cache_evicts_the_least_recently_written_beyond_its_capacity(tmp_path):
+    store = open_store(url=None, api_key=None, data_dir=tmp_path)
+    try:
+        store.ensure_collection(ITEMS, 4)
+        store.upsert(ITEMS, [_point(f"i{n}", float(n)) for n in range(5)])
+        cache = ItemCache(store, capacity=3)
+        cache.get_many([f"i{n}" for n in range(5)])
+        assert len(cache) == 3
+        assert len(cache.get_many([f"i{n}" for n in range(5)])) == 5  # evicted ones are read again
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ its feedback loop, value segments, explanations, A/B variants, interest groups, 
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from inference.exploration import Arm
 from inference.recommender import Recommender
-from inference.schemas import Erasure, Event, EventType, Intent, Item, Recommendation, SegmentChange
+from inference.schemas import (
+    Erasure, Event, EventType, Intent, Item, Recommendation, RequestFilters, SegmentChange,
+)
 from inference.settings import InferenceSettings
 from inference.store import open_store
 
@@ -131,6 +134,35 @@ def test_segments_change_after_the_right_purchases(engine):
     assert not [c for c in out if isinstance(c, SegmentChange)]
     assert engine.profile(user).segment == "champions"
     assert engine.status()["segments"]["champions"] == 1
+
+
+def test_a_catalog_change_another_worker_consumed_reaches_this_one_within_the_cache_ttl(tmp_path, tiny_encoder):
+    """Each worker consumes only its share of the items topic. Worker b, which never saw the
+    messages, must stop recommending a deleted item, and apply a new price to its filters, once
+    its cached copies expire (STREAMREC_ITEM_CACHE_TTL_S)."""
+    s = settings(tmp_path, item_cache_ttl_s=0.5, exploration_rate=0.0)
+    store = open_store(url=None, api_key=None, data_dir=s.data_dir)
+    try:
+        a = Recommender(tiny_encoder, store, s)
+        a.upsert_items(ITEMS)
+        b = Recommender(tiny_encoder, store, s)  # warm-loads the catalog from the shared store
+        bought = ["i1"] * 4 + ["i2"] * 3 + [f"i{n}" for n in range(3, 15)]
+        b.process_events([ev(n, f"fan{n}", item) for n, item in enumerate(bought)])  # b's own popularity
+
+        def popular_under(max_price: float) -> list[str]:
+            filters = RequestFilters(max_price=max_price)
+            return [i.item_id for i in b.recommend("newcomer", k=10, filters=filters).items]
+
+        assert popular_under(100.0)[:2] == ["i1", "i2"]
+        a.upsert_items([Item(schema=1, item_id="i1", title="", deleted=True),
+                        ITEMS[2].model_copy(update={"price": 500.0})])
+        assert popular_under(100.0)[:2] == ["i1", "i2"]  # b still trusts its copies
+        time.sleep(0.6)
+        after = popular_under(100.0)
+        assert "i1" not in after and "i2" not in after and len(after) == 10
+        assert set(after) <= {f"i{n}" for n in range(3, 15)}
+    finally:
+        store.close()
 
 
 def test_a_deleted_item_leaves_every_popularity_count(engine):

@@ -132,11 +132,11 @@ def rank(
     prices = np.fromiter((r.price or 0.0 for r in pool.records), np.float64, n)
     max_pop, max_price = float(pops.max()), float(prices.max())
     approx = weights.similarity * np.asarray(pool.similarities, dtype=np.float64)
-    approx += weights.popularity * _log_scaled(pops, max_pop)
+    approx += weights.popularity * log_scaled(pops, max_pop)
     approx += weights.category * np.fromiter(
         (category_affinity.get(r.category, 0.0) if r.category else 0.0 for r in pool.records), np.float64, n)
     if weights.price:
-        approx += weights.price * _log_scaled(prices, max_price)
+        approx += weights.price * log_scaled(prices, max_price)
     if n > k:
         kth = np.partition(approx, n - k)[n - k]
         contenders = np.flatnonzero(approx >= kth - 1e-9 * max(1.0, abs(kth)))
@@ -153,7 +153,7 @@ def rank(
     return scored[:k]
 
 
-def _log_scaled(values: np.ndarray, max_value: float) -> np.ndarray:
+def log_scaled(values: np.ndarray, max_value: float) -> np.ndarray:
     """`popularity_score` over an array."""
     if max_value <= 0:
         return np.zeros_like(values)

@@ -350,11 +350,17 @@ def retail_baskets(log: RetailLog) -> dict[str, list[list[str]]]:
     An invoice's position is that of its first line; within a basket each item appears once, at
     its first line.
     """
-    lines = log.purchases[["user_id", "invoice", "item_id"]].drop_duplicates()
-    baskets: dict[str, dict[str, list[str]]] = {}
+    return {user: [items for _, items in baskets] for user, baskets in timed_retail_baskets(log).items()}
+
+
+def timed_retail_baskets(log: RetailLog) -> dict[str, list[tuple[float, list[str]]]]:
+    """:func:`retail_baskets` with each basket's time (its first line's, epoch seconds)."""
+    lines = log.purchases[["user_id", "invoice", "item_id", "ts"]].drop_duplicates(["user_id", "invoice", "item_id"])
+    seconds = lines["ts"].to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
+    baskets: dict[str, dict[str, tuple[float, list[str]]]] = {}
     columns = (lines[c].to_numpy(dtype=object).tolist() for c in ("user_id", "invoice", "item_id"))
-    for user, invoice, item in zip(*columns):
-        baskets.setdefault(user, {}).setdefault(invoice, []).append(item)
+    for (user, invoice, item), ts in zip(zip(*columns), seconds.tolist()):
+        baskets.setdefault(user, {}).setdefault(invoice, (ts, []))[1].append(item)
     return {user: list(baskets[user].values()) for user in sorted(baskets)}
 
 

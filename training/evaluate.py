@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from training.baselines import CoOccurrence, Popularity
 from training.datasets import load_online_retail, load_sequences
 from training.fit import FitConfig, FitResult, fit, score_users
+from training.fresh_popularity import decayed_counts, log_scaled_rows, training_purchases
 from training.metrics import rank_items, summarize
 from training.model import TowerConfig, TwoTower
 from training.split import (
@@ -67,6 +68,9 @@ K = 10
 # Factors by which the new-item cold start lengthens the held-out items' vectors, beside the
 # vectors as trained (factor 1.0, the model's own new-item and warm rankings).
 BOOST_FACTORS = (1.1, 1.2, 1.3, 1.4)
+# Fresh popularity (catalogs with unit times): half-lives and blend weights tried on validation.
+FRESH_HALF_LIVES_DAYS = (3.0, 7.0, 30.0)
+FRESH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # 0: the blend may be declined
 
 ScoreFn = Callable[[np.ndarray, Phase], torch.Tensor]
 log = logging.getLogger(__name__)
@@ -167,14 +171,15 @@ def protocol_description(split: ProtocolSplit, exclude_seen: bool, cases: EvalCa
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """A fixed-width table of the systems' metrics and timings."""
-    header = f"{'system':<14}{'HR@10':>9}{'NDCG@10':>9}{'MRR':>9}{'coverage':>10}{'train_s':>10}{'eval_s':>9}"
+    w = max([14, *(len(name) + 1 for name in results)])
+    header = f"{'system':<{w}}{'HR@10':>9}{'NDCG@10':>9}{'MRR':>9}{'coverage':>10}{'train_s':>10}{'eval_s':>9}"
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"{name:<14}  not run: {r['error']}")
+            lines.append(f"{name:<{w}}  not run: {r['error']}")
             continue
         lines.append(
-            f"{name:<14}{r['hr@10']:>9.4f}{r['ndcg@10']:>9.4f}{r['mrr']:>9.4f}{r['coverage']:>10.4f}"
+            f"{name:<{w}}{r['hr@10']:>9.4f}{r['ndcg@10']:>9.4f}{r['mrr']:>9.4f}{r['coverage']:>10.4f}"
             f"{r['train_s']:>10.1f}{r['eval_s']:>9.1f}"
         )
     return "\n".join(lines)
@@ -268,6 +273,72 @@ def run_streamrec(
     return SystemResult(ranking.metrics(split.n_items), result.train_s, ranking.seconds, extra), result
 
 
+def _case_times(split: ProtocolSplit, cases: EvalCases) -> np.ndarray:
+    """When each case's target unit happened."""
+    assert split.unit_times is not None
+    position = -2 if cases.phase == "validation" else -1
+    return np.asarray([split.unit_times[int(u)][position] for u in cases.users], dtype=np.float64)
+
+
+def _rank_matrix(scores: np.ndarray, cases: EvalCases) -> Ranking:
+    """Rank precomputed scores, one row per case in ``cases``' order."""
+    rows = {int(u): j for j, u in enumerate(cases.users)}
+    return rank_cases(lambda users, phase: torch.as_tensor(scores[[rows[int(u)] for u in users]]), cases)
+
+
+def fresh_popularity_systems(
+    split: ProtocolSplit, options: EvaluateOptions, fitted: FitResult, test_cases: EvalCases,
+) -> dict[str, dict[str, Any]]:
+    """Two systems for catalogs with unit times, the half-life and weight picked on the
+    validation cases (NDCG@10), then scored once on test:
+
+    * ``fresh_popularity``: training purchases before the case's time, decayed (a baseline);
+    * ``streamrec+fresh_popularity``: streamrec's scores plus a weight times that popularity,
+      log-scaled to [0, 1] per case — the blend the worker's ranker applies to its candidates
+      (:func:`inference.ranking.rank`), here over all items."""
+    start = time.perf_counter()
+    events = training_purchases(split)
+    phases = {"validation": eval_cases(split, "validation", exclude_seen=options.exclude_seen), "test": test_cases}
+    model = fitted.model
+    with torch.no_grad():
+        item_vectors = model.items()
+        model_scores = {
+            phase: torch.cat([score_users(model, split, cases.users[lo:lo + 512], phase, item_vectors)
+                              for lo in range(0, len(cases), 512)]).numpy()
+            for phase, cases in phases.items()
+        }
+    fresh = {
+        (phase, days): log_scaled_rows(
+            decayed_counts(*events, _case_times(split, cases), split.n_items, days * 86_400.0)
+        ).astype(np.float32)
+        for phase, cases in phases.items() for days in FRESH_HALF_LIVES_DAYS
+    }
+
+    def validation_ndcg(scores: np.ndarray) -> float:
+        return _rank_matrix(scores, phases["validation"]).metrics(split.n_items)["ndcg@10"]
+
+    pop_choice = {days: validation_ndcg(fresh["validation", days]) for days in FRESH_HALF_LIVES_DAYS}
+    mix_choice = {(days, w): validation_ndcg(model_scores["validation"] + w * fresh["validation", days])
+                  for days in FRESH_HALF_LIVES_DAYS for w in FRESH_WEIGHTS}
+    select_s = time.perf_counter() - start
+    out = {}
+    best_days = max(pop_choice, key=pop_choice.get)
+    ranking = _rank_matrix(fresh["test", best_days], test_cases)
+    out["fresh_popularity"] = SystemResult(
+        ranking.metrics(split.n_items), select_s, ranking.seconds,
+        {"half_life_days": best_days, "validation_ndcg@10": round(pop_choice[best_days], 6)},
+    ).as_json()
+    (days, weight) = max(mix_choice, key=mix_choice.get)
+    ranking = _rank_matrix(model_scores["test"] + weight * fresh["test", days], test_cases)
+    out["streamrec+fresh_popularity"] = SystemResult(
+        ranking.metrics(split.n_items), fitted.train_s + select_s, ranking.seconds,
+        {"half_life_days": days, "weight": weight, "validation_ndcg@10": round(mix_choice[days, weight], 6),
+         "validation_ndcg@10_without": round(mix_choice[FRESH_HALF_LIVES_DAYS[0], 0.0], 6),
+         "selected_on": "validation NDCG@10 over half-lives x weights"},
+    ).as_json()
+    return out
+
+
 def run_sasrec_peer(split: ProtocolSplit, cases: EvalCases, options: EvaluateOptions) -> SystemResult:
     """RecBole SASRec in its own venv; raises PeerUnavailable with the reason when it cannot run."""
     from training.peer import PeerSettings, run_peer
@@ -320,6 +391,8 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
         text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles" if options.progress else None)
     streamrec, fitted = run_streamrec(split, cases, options, text)
     results["streamrec"] = streamrec.as_json()
+    if split.unit_times is not None:
+        results.update(fresh_popularity_systems(split, options, fitted, cases))
     if "sasrec" in options.baselines:
         from training.peer import PeerUnavailable
 

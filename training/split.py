@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from training.datasets import RetailLog, SequenceData, retail_baskets
+from training.datasets import RetailLog, SequenceData, timed_retail_baskets
 
 Phase = Literal["validation", "test"]
 Unit = Literal["item", "basket"]
@@ -38,6 +38,8 @@ class ProtocolSplit:
     ``units[u]`` is user ``users[u]``'s units in time order (at least two); ``item_text[i]`` is
     item ``i``'s text ("" when it has none) or the list is None for text-less catalogs;
     ``item_attributes[i]`` lists attribute indices ``0..n_attributes-1`` (None: no attributes).
+    ``unit_times[u][j]`` is when unit ``j`` of user ``u`` happened (epoch seconds; None where the
+    format has no times, as S3-Rec sequences).
     """
 
     name: str
@@ -49,6 +51,7 @@ class ProtocolSplit:
     item_attributes: list[list[int]] | None = None
     n_attributes: int = 0
     dropped_users: int = 0
+    unit_times: list[list[float]] | None = None
     item_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class ProtocolSplit:
             raise ValueError("item_text must have one entry per item")
         if self.item_attributes is not None and len(self.item_attributes) != len(self.item_ids):
             raise ValueError("item_attributes must have one entry per item")
+        if self.unit_times is not None and [len(t) for t in self.unit_times] != [len(u) for u in self.units]:
+            raise ValueError("unit_times must have one time per unit")
         object.__setattr__(self, "item_index", {item: i for i, item in enumerate(self.item_ids)})
 
     @property
@@ -142,7 +147,8 @@ def split_retail(log: RetailLog, name: str = "online-retail") -> ProtocolSplit:
     """Basket split of a purchase log: one unit per invoice; item text is the Description."""
     items = log.items["item_id"].astype(str).tolist()
     item_index = {item: i for i, item in enumerate(items)}
-    users, units, dropped = _index_units(retail_baskets(log), item_index)
+    timed = timed_retail_baskets(log)  # a basket is never empty, so times stay aligned with units
+    users, units, dropped = _index_units({u: [items for _, items in b] for u, b in timed.items()}, item_index)
     return ProtocolSplit(
         name=name,
         unit="basket",
@@ -151,6 +157,7 @@ def split_retail(log: RetailLog, name: str = "online-retail") -> ProtocolSplit:
         units=units,
         item_text=log.items["title"].astype(str).tolist(),
         dropped_users=dropped,
+        unit_times=[[t for t, _ in timed[u]] for u in users],
     )
 
 
@@ -169,6 +176,7 @@ def sample_users(split: ProtocolSplit, n: int, seed: int = 0) -> ProtocolSplit:
         item_attributes=split.item_attributes,
         n_attributes=split.n_attributes,
         dropped_users=split.dropped_users,
+        unit_times=None if split.unit_times is None else [split.unit_times[u] for u in chosen],
     )
 
 

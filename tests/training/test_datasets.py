@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import gzip
 import json
 from pathlib import Path
@@ -20,6 +22,7 @@ from training.datasets import (
     load_online_retail,
     load_sequences,
     retail_baskets,
+    timed_retail_baskets,
     sample_customers,
     split_last_unit,
     time_slice,
@@ -375,6 +378,11 @@ def test_retail_baskets_group_invoices_in_time_order_and_dedupe_items() -> None:
     assert baskets["12346"] == [["22001"]]
     # Invoice 2 spans two minutes and is still one basket.
     assert baskets["17850"] == [["22001"], ["22002", "22003", "22004"], ["22001"]]
+    # Each basket's time is its first line's.
+    timed = timed_retail_baskets(log)
+    assert [items for _, items in timed["17850"]] == baskets["17850"]
+    assert [datetime.fromtimestamp(t, timezone.utc).isoformat() for t, _ in timed["17850"]] == [
+        "2011-01-01T10:00:00+00:00", "2011-02-01T10:00:00+00:00", "2011-03-01T10:00:00+00:00"]
 
 
 def test_split_last_unit_by_item_and_by_basket() -> None:

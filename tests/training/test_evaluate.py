@@ -113,7 +113,13 @@ def test_evaluate_online_retail_with_cold_start(
     )
 
     assert result["protocol"]["unit"] == "basket"
-    assert set(result["results"]) == {"popularity", "streamrec"}
+    # Baskets have times: fresh popularity, alone and blended into streamrec's scores, is scored too.
+    assert set(result["results"]) == {"popularity", "streamrec", "fresh_popularity", "streamrec+fresh_popularity"}
+    blended = result["results"]["streamrec+fresh_popularity"]
+    assert blended["half_life_days"] in (3.0, 7.0, 30.0) and blended["weight"] >= 0
+    assert METRICS <= set(blended) and METRICS <= set(result["results"]["fresh_popularity"])
+    # Picked on validation: at least as good there as streamrec alone.
+    assert blended["validation_ndcg@10"] >= blended["validation_ndcg@10_without"] - 1e-9
     cold = result["cold_start"]
     assert cold["new_items"]["held_out_items"] > 0
     assert set(cold["new_items"]["median_vector_norm"]) == {"held_out", "trained"}

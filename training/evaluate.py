@@ -70,7 +70,7 @@ K = 10
 BOOST_FACTORS = (1.1, 1.2, 1.3, 1.4)
 # Fresh popularity (catalogs with unit times): half-lives and blend weights tried on validation.
 FRESH_HALF_LIVES_DAYS = (3.0, 7.0, 30.0)
-FRESH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # 0: the blend may be declined
+FRESH_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # 0: the blend may be declined (ties: the first wins)
 
 ScoreFn = Callable[[np.ndarray, Phase], torch.Tensor]
 log = logging.getLogger(__name__)
@@ -286,67 +286,78 @@ def _rank_matrix(scores: np.ndarray, cases: EvalCases) -> Ranking:
     return rank_cases(lambda users, phase: torch.as_tensor(scores[[rows[int(u)] for u in users]]), cases)
 
 
-def fresh_popularity_systems(
-    split: ProtocolSplit, options: EvaluateOptions, fitted: FitResult, test_cases: EvalCases,
-) -> dict[str, dict[str, Any]]:
-    """Two systems for catalogs with unit times, the half-life and weight picked on the
-    validation cases (NDCG@10), then scored once on test:
+class FreshPopularity:
+    """Fresh popularity for catalogs with unit times, at every case of both phases: training
+    purchases before the case's time, decayed, log-scaled to [0, 1] per case as the worker's
+    ranker scales its candidates (:func:`inference.ranking.rank`). Half-life and weight are
+    picked on the validation cases (NDCG@10), then scored once on test."""
 
-    * ``fresh_popularity``: training purchases before the case's time, decayed (a baseline);
-    * ``streamrec+fresh_popularity``: streamrec's scores plus a weight times that popularity,
-      log-scaled to [0, 1] per case — the blend the worker's ranker applies to its candidates
-      (:func:`inference.ranking.rank`), here over all items."""
-    start = time.perf_counter()
-    events = training_purchases(split)
-    phases = {"validation": eval_cases(split, "validation", exclude_seen=options.exclude_seen), "test": test_cases}
-    model = fitted.model
+    def __init__(self, split: ProtocolSplit, options: EvaluateOptions, test_cases: EvalCases) -> None:
+        start = time.perf_counter()
+        self.split = split
+        self.phases = {"validation": eval_cases(split, "validation", exclude_seen=options.exclude_seen),
+                       "test": test_cases}
+        events = training_purchases(split)
+        self.matrices = {
+            (phase, days): log_scaled_rows(
+                decayed_counts(*events, _case_times(split, cases), split.n_items, days * 86_400.0)
+            ).astype(np.float32)
+            for phase, cases in self.phases.items() for days in FRESH_HALF_LIVES_DAYS
+        }
+        self.seconds = time.perf_counter() - start
+
+    def _validation_ndcg(self, scores: np.ndarray) -> float:
+        return _rank_matrix(scores, self.phases["validation"]).metrics(self.split.n_items)["ndcg@10"]
+
+    def alone(self) -> dict[str, Any]:
+        """The ``fresh_popularity`` baseline: the half-life picked on validation."""
+        start = time.perf_counter()
+        choice = {days: self._validation_ndcg(self.matrices["validation", days]) for days in FRESH_HALF_LIVES_DAYS}
+        days = max(choice, key=choice.get)
+        ranking = _rank_matrix(self.matrices["test", days], self.phases["test"])
+        return SystemResult(
+            ranking.metrics(self.split.n_items), self.seconds + time.perf_counter() - start, ranking.seconds,
+            {"half_life_days": days, "validation_ndcg@10": round(choice[days], 6)},
+        ).as_json()
+
+    def blended(self, scores: dict[str, np.ndarray], train_s: float) -> dict[str, Any]:
+        """A system's scores (phase -> one row per case, in the cases' order) plus a weight times
+        fresh popularity; weight 0 (the system alone) is among the choices."""
+        start = time.perf_counter()
+        grid = [(FRESH_HALF_LIVES_DAYS[0], 0.0)] + [
+            (d, w) for d in FRESH_HALF_LIVES_DAYS for w in FRESH_WEIGHTS if w > 0]
+        choice = {(days, w): self._validation_ndcg(scores["validation"] + w * self.matrices["validation", days])
+                  for days, w in grid}
+        days, weight = max(choice, key=choice.get)
+        ranking = _rank_matrix(scores["test"] + weight * self.matrices["test", days], self.phases["test"])
+        return SystemResult(
+            ranking.metrics(self.split.n_items), train_s + self.seconds + time.perf_counter() - start, ranking.seconds,
+            {"half_life_days": days, "weight": weight, "validation_ndcg@10": round(choice[days, weight], 6),
+             "validation_ndcg@10_without": round(choice[grid[0]], 6),
+             "selected_on": "validation NDCG@10 over half-lives x weights (weight 0: the system alone)"},
+        ).as_json()
+
+
+def streamrec_scores(model: TwoTower, split: ProtocolSplit, cases: EvalCases) -> np.ndarray:
+    """streamrec's scores of all items, one row per case."""
     with torch.no_grad():
         item_vectors = model.items()
-        model_scores = {
-            phase: torch.cat([score_users(model, split, cases.users[lo:lo + 512], phase, item_vectors)
-                              for lo in range(0, len(cases), 512)]).numpy()
-            for phase, cases in phases.items()
-        }
-    fresh = {
-        (phase, days): log_scaled_rows(
-            decayed_counts(*events, _case_times(split, cases), split.n_items, days * 86_400.0)
-        ).astype(np.float32)
-        for phase, cases in phases.items() for days in FRESH_HALF_LIVES_DAYS
-    }
-
-    def validation_ndcg(scores: np.ndarray) -> float:
-        return _rank_matrix(scores, phases["validation"]).metrics(split.n_items)["ndcg@10"]
-
-    pop_choice = {days: validation_ndcg(fresh["validation", days]) for days in FRESH_HALF_LIVES_DAYS}
-    mix_choice = {(days, w): validation_ndcg(model_scores["validation"] + w * fresh["validation", days])
-                  for days in FRESH_HALF_LIVES_DAYS for w in FRESH_WEIGHTS}
-    select_s = time.perf_counter() - start
-    out = {}
-    best_days = max(pop_choice, key=pop_choice.get)
-    ranking = _rank_matrix(fresh["test", best_days], test_cases)
-    out["fresh_popularity"] = SystemResult(
-        ranking.metrics(split.n_items), select_s, ranking.seconds,
-        {"half_life_days": best_days, "validation_ndcg@10": round(pop_choice[best_days], 6)},
-    ).as_json()
-    (days, weight) = max(mix_choice, key=mix_choice.get)
-    ranking = _rank_matrix(model_scores["test"] + weight * fresh["test", days], test_cases)
-    out["streamrec+fresh_popularity"] = SystemResult(
-        ranking.metrics(split.n_items), fitted.train_s + select_s, ranking.seconds,
-        {"half_life_days": days, "weight": weight, "validation_ndcg@10": round(mix_choice[days, weight], 6),
-         "validation_ndcg@10_without": round(mix_choice[FRESH_HALF_LIVES_DAYS[0], 0.0], 6),
-         "selected_on": "validation NDCG@10 over half-lives x weights"},
-    ).as_json()
-    return out
+        return torch.cat([score_users(model, split, cases.users[lo:lo + 512], cases.phase, item_vectors)
+                          for lo in range(0, len(cases), 512)]).numpy()
 
 
-def run_sasrec_peer(split: ProtocolSplit, cases: EvalCases, options: EvaluateOptions) -> SystemResult:
-    """RecBole SASRec in its own venv; raises PeerUnavailable with the reason when it cannot run."""
+def run_sasrec_peer(
+    split: ProtocolSplit, cases: EvalCases, options: EvaluateOptions, fresh: FreshPopularity | None = None,
+) -> dict[str, dict[str, Any]]:
+    """RecBole SASRec in its own venv, and (with ``fresh``) its scores blended with fresh
+    popularity exactly as streamrec's are; raises PeerUnavailable with the reason when it cannot run."""
     from training.peer import PeerSettings, run_peer
 
     data_dir = _data_dir(options)
     settings = PeerSettings(epochs=options.peer_epochs, timeout_s=options.peer_timeout_s, seed=2020 + options.seed)
     start = time.perf_counter()
-    run = run_peer(split, cases, data_dir / "peer-runs", settings, venv=data_dir / "peer-venv", progress=options.progress)
+    run = run_peer(split, cases, data_dir / "peer-runs", settings, venv=data_dir / "peer-venv", progress=options.progress,
+                   score_phases=fresh.phases if fresh is not None else None)
     total = time.perf_counter() - start
     metrics = summarize(run.ranks, run.top, split.n_items)
     info = run.info
@@ -362,7 +373,10 @@ def run_sasrec_peer(split: ProtocolSplit, cases: EvalCases, options: EvaluateOpt
         ),
         "training_rows": info["rows"]["train"],
     }
-    return SystemResult(metrics, info["train_s"], info["eval_s"], extra)
+    out = {"sasrec": SystemResult(metrics, info["train_s"], info["eval_s"], extra).as_json()}
+    if fresh is not None:
+        out["sasrec+fresh_popularity"] = fresh.blended(run.scores, info["train_s"])
+    return out
 
 
 def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOptions()) -> dict[str, Any]:
@@ -391,13 +405,17 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
         text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles" if options.progress else None)
     streamrec, fitted = run_streamrec(split, cases, options, text)
     results["streamrec"] = streamrec.as_json()
+    fresh = None
     if split.unit_times is not None:
-        results.update(fresh_popularity_systems(split, options, fitted, cases))
+        fresh = FreshPopularity(split, options, cases)
+        results["fresh_popularity"] = fresh.alone()
+        results["streamrec+fresh_popularity"] = fresh.blended(
+            {phase: streamrec_scores(fitted.model, split, c) for phase, c in fresh.phases.items()}, fitted.train_s)
     if "sasrec" in options.baselines:
         from training.peer import PeerUnavailable
 
         try:
-            results["sasrec"] = run_sasrec_peer(split, cases, options).as_json()
+            results.update(run_sasrec_peer(split, cases, options, fresh))
         except PeerUnavailable as exc:
             log.warning("RecBole SASRec peer not run: %s", exc)
             results["sasrec"] = {"error": str(exc)}

@@ -30,7 +30,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,8 @@ class PeerRun:
     top: np.ndarray
     ranks: list[np.ndarray]
     info: dict[str, Any]
+    # phase -> (cases, n_items) raw scores, for the phases asked for with ``score_phases``
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def run_peer(
@@ -189,8 +192,10 @@ def run_peer(
     *,
     venv: Path | None = None,
     progress: bool = True,
+    score_phases: Mapping[str, EvalCases] | None = None,
 ) -> PeerRun:
-    """Train RecBole SASRec on ``split`` in its own venv and rank ``cases`` with our code."""
+    """Train RecBole SASRec on ``split`` in its own venv and rank ``cases`` with our code; also
+    return its raw scores of all items for each of ``score_phases``' cases."""
     # Absolute (not resolved: a venv's python is a symlink that must stay one): the runner's
     # working folder is its run folder.
     workdir = Path(workdir).absolute()
@@ -200,6 +205,10 @@ def run_peer(
     data_dir = run_dir / "data"
     rows = write_atomic_files(split, data_dir, name, settings.max_len)
     write_cases(split, cases, run_dir / "cases.json", settings.max_len)
+    score_cases = {}
+    for phase, phase_cases in (score_phases or {}).items():
+        score_cases[phase] = str(run_dir / f"cases-{phase}.json")
+        write_cases(split, phase_cases, Path(score_cases[phase]), settings.max_len)
     config = {
         "dataset": name,
         "data_path": str(data_dir),
@@ -207,6 +216,7 @@ def run_peer(
         "cases": str(run_dir / "cases.json"),
         "output": str(run_dir / "ranks.npz"),
         "info": str(run_dir / "info.json"),
+        "score_cases": score_cases,
         "repo_root": str(Path(__file__).resolve().parent.parent),
         "progress": progress,
         **{key: getattr(settings, key) for key in PeerSettings.__dataclass_fields__ if key != "timeout_s"},
@@ -241,4 +251,9 @@ def run_peer(
     info = json.loads((run_dir / "info.json").read_text())
     info["rows"] = rows
     info["log"] = str(log_path)
-    return PeerRun(top=data["top"], ranks=np.split(data["ranks"], bounds), info=info)
+    scores = {}
+    for phase in score_cases:
+        path = run_dir / f"scores-{phase}.npy"
+        scores[phase] = np.load(path)
+        path.unlink()  # tens of MB per phase; the run folder keeps only what describes the run
+    return PeerRun(top=data["top"], ranks=np.split(data["ranks"], bounds), info=info, scores=scores)

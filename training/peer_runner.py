@@ -3,7 +3,9 @@
 ``python peer_runner.py CONFIG.json``: train RecBole 1.2.1 SASRec on the atomic files named by
 the config, keep its best validation epoch, score the test cases of ``cases.json`` with it and
 rank them with streamrec's own :func:`training.metrics.rank_items` (numpy + torch only), writing
-``ranks.npz`` (top, ranks, lengths) and ``info.json``.
+``ranks.npz`` (top, ranks, lengths) and ``info.json``; for each file named in ``score_cases``
+(phase -> cases file), the raw scores of all items for those cases (``scores-<phase>.npy``, our
+item order, -inf for items RecBole never saw), so streamrec can blend them like its own.
 """
 
 from __future__ import annotations
@@ -91,20 +93,29 @@ def main(config_path: str) -> int:
     )
     unknown = torch.as_tensor([t not in known for t in item_ids])
     cases = payload["cases"]
-    tops, ranks = [], []
     batch = 512
+
+    def scores_of(chunk):
+        """All items' scores for a chunk of cases, in our item order. A case with no past (a
+        validation case of a user with two units) scores every item 0: SASRec needs one item."""
+        lengths = [len(c["past"]) for c in chunk]
+        seq = torch.zeros(len(chunk), cfg["max_len"], dtype=torch.int64)
+        for row, c in enumerate(chunk):
+            if c["past"]:
+                seq[row, : len(c["past"])] = torch.as_tensor(dataset.token2id(dataset.iid_field, c["past"]))
+        inter = Interaction(
+            {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.as_tensor([max(n, 1) for n in lengths])}
+        ).to(config["device"])
+        scores = model.full_sort_predict(inter).view(len(chunk), -1).cpu()[:, ours_to_rb]
+        scores[torch.as_tensor([n == 0 for n in lengths])] = 0.0
+        scores[:, unknown] = -torch.inf
+        return scores
+
+    tops, ranks = [], []
     with torch.no_grad():
         for lo in range(0, len(cases), batch):
             chunk = cases[lo : lo + batch]
-            lengths = [len(c["past"]) for c in chunk]
-            seq = torch.zeros(len(chunk), cfg["max_len"], dtype=torch.int64)
-            for row, c in enumerate(chunk):
-                seq[row, : len(c["past"])] = torch.as_tensor(dataset.token2id(dataset.iid_field, c["past"]))
-            inter = Interaction(
-                {model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.as_tensor(lengths)}
-            ).to(config["device"])
-            scores = model.full_sort_predict(inter).view(len(chunk), -1).cpu()[:, ours_to_rb]
-            scores[:, unknown] = -torch.inf
+            scores = scores_of(chunk)
             top, rank = rank_items(
                 scores,
                 [np.asarray(c["exclude"], dtype=np.int64) for c in chunk],
@@ -113,6 +124,11 @@ def main(config_path: str) -> int:
             )
             tops.append(top)
             ranks += rank
+        for phase, path in (cfg.get("score_cases") or {}).items():
+            phase_cases = json.loads(Path(path).read_text())["cases"]
+            matrix = [scores_of(phase_cases[lo : lo + batch]).numpy() for lo in range(0, len(phase_cases), batch)]
+            np.save(Path(cfg["output"]).parent / f"scores-{phase}.npy",
+                    np.concatenate(matrix).astype(np.float32) if matrix else np.zeros((0, len(item_ids)), np.float32))
     eval_s = time.perf_counter() - start
     np.savez(
         cfg["output"],

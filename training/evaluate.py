@@ -4,6 +4,12 @@ Every system sees the same split in the same run and is ranked by the same code
 (:mod:`training.metrics`): popularity, item co-occurrence, the RecBole SASRec peer (its own
 venv, :mod:`training.peer`) and streamrec's two-tower model (:mod:`training.fit`).
 
+Where units have times (Online Retail baskets), **fresh popularity** is scored too
+(:class:`FreshPopularity`): alone (``fresh_popularity``), and blended into streamrec's and the
+peer's scores (``streamrec+fresh_popularity``, ``sasrec+fresh_popularity``) the way the worker's
+ranker blends it into its candidates' similarity. Half-life and weight are picked on the
+validation cases, the same grid for both systems.
+
 Cold start (reported beside the warm figures, streamrec and popularity only):
 
 * **new items** (catalogs with item text): a deterministic ``cold_fraction`` of the items (by a

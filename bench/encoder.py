@@ -6,8 +6,9 @@ otherwise), same fast tokenizer, same per-batch padding and length sorting, 2 th
 - torch eager (the baseline): transformers AutoModel (default attention implementation) + mean
   pooling + L2 normalisation, under torch.inference_mode;
 - onnxruntime fp32: inference.encoder.TextEncoder over the exported folder (the product);
-- onnxruntime int8: onnxruntime.quantization.quantize_dynamic(per_channel=True) of that graph,
-  loaded by the same TextEncoder; its cosine to the fp32 vectors is reported.
+- onnxruntime int8: what STREAMREC_ENCODER_PRECISION=int8 serves (inference.quantize: dynamic
+  quantisation, per-channel int8 weights, checked against fp32), loaded by the same TextEncoder;
+  its cosine to the fp32 vectors is reported.
 
 Batch sizes 1, 16, 64; short texts (Online Retail product titles, ~10 tokens) and long texts
 (~120 tokens: product copy assembled from those titles). The tokenizer alone is printed as the
@@ -22,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ if __package__ in (None, ""):
 
 from bench.report import MIN_REPEATS, footer, header, median, mib, note, ratio, rss_bytes, spread, table
 from inference.encoder import MANIFEST_FILE, MODEL_FILE, TextEncoder, load_tokenizer, pad_batch
+from inference.quantize import ensure_precision
 from inference.recommender import encoder_dir
 from inference.settings import InferenceSettings
 
@@ -115,24 +115,6 @@ class TorchEncoder:
         return out
 
 
-def quantized_copy(onnx_dir: Path, out_dir: Path) -> Path:
-    """An int8 (dynamic, per-channel) copy of an exported folder that TextEncoder can load."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
-    # The fused graph's contrib ops (Attention, SkipLayerNormalization) escape ONNX shape
-    # inference, so the quantiser is told their outputs are float32.
-    quantize_dynamic(str(onnx_dir / manifest["model"]), str(out_dir / MODEL_FILE),
-                     per_channel=True, weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
-    shutil.copyfile(onnx_dir / manifest["tokenizer"], out_dir / manifest["tokenizer"])
-    manifest = {**manifest, "model": MODEL_FILE, "version": manifest["version"] + "-int8"}
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return out_dir
-
-
 def items_per_s(encode: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], repeats: int) -> list[float]:
     encode(texts[: min(len(texts), 64)])  # warm-up: first-call allocations and kernel choices
     rates = []
@@ -183,59 +165,58 @@ def main(argv: list[str] | None = None) -> int:
 
     started = header("Encoder: torch eager vs onnxruntime fp32 (TextEncoder) vs onnxruntime int8")
     note(cuda_line())
-    settings = InferenceSettings()
+    settings = InferenceSettings(encoder_precision="fp32")
     onnx_dir = encoder_dir(settings)
     manifest = json.loads((onnx_dir / MANIFEST_FILE).read_text())
     model_dir = Path(manifest["source_model_dir"])
     note(f"model {manifest['version']} ({manifest['dim']}-d), exported folder {onnx_dir}; threads = {args.threads}")
 
-    with tempfile.TemporaryDirectory(prefix="bench-encoder-") as tmp:
-        t = time.perf_counter()
-        int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8")
-        note(f"int8 quantisation (quantize_dynamic, per_channel=True, QInt8 weights) took "
-             f"{time.perf_counter() - t:.1f} s; model file {mib((onnx_dir / MODEL_FILE).stat().st_size)} fp32 -> "
-             f"{mib((int8_dir / MODEL_FILE).stat().st_size)} int8")
-        tokenizer, _ = load_tokenizer(onnx_dir / manifest["tokenizer"], int(manifest["max_length"]))
-        texts = {"short": short_texts(args.short_texts, args.seed)}
-        texts["long"] = long_texts(texts["short"], args.long_texts, tokenizer, args.seed)
-        for kind, ts in texts.items():
-            note(f"{kind} texts: {len(ts)} per repetition, {mean_tokens(tokenizer, ts):.1f} tokens on average "
-                 f"(e.g. {ts[0][:70]!r})")
+    t = time.perf_counter()
+    int8_dir = ensure_precision(onnx_dir, "int8", settings.data_dir / "models")
+    note(f"int8 copy {int8_dir} ready in {time.perf_counter() - t:.1f} s (quantized once, then cached); "
+         f"model file {mib((onnx_dir / MODEL_FILE).stat().st_size)} fp32 -> "
+         f"{mib((int8_dir / MODEL_FILE).stat().st_size)} int8")
+    tokenizer, _ = load_tokenizer(onnx_dir / manifest["tokenizer"], int(manifest["max_length"]))
+    texts = {"short": short_texts(args.short_texts, args.seed)}
+    texts["long"] = long_texts(texts["short"], args.long_texts, tokenizer, args.seed)
+    for kind, ts in texts.items():
+        note(f"{kind} texts: {len(ts)} per repetition, {mean_tokens(tokenizer, ts):.1f} tokens on average "
+             f"(e.g. {ts[0][:70]!r})")
 
-        rows = []
-        quality = []
-        for batch in batch_sizes:
-            backends = {
-                "torch eager (baseline)": TorchEncoder(model_dir, onnx_dir / manifest["tokenizer"],
-                                                       int(manifest["max_length"]), batch, args.threads),
-                "onnxruntime fp32 (TextEncoder)": TextEncoder(onnx_dir, device="cpu", batch_size=batch,
-                                                              threads=args.threads),
-                "onnxruntime int8 (per-channel)": TextEncoder(int8_dir, device="cpu", batch_size=batch,
-                                                              threads=args.threads),
-            }
-            if cuda_available():
-                backends["onnxruntime fp32 (CUDA provider)"] = TextEncoder(onnx_dir, device="cuda", batch_size=batch)
-            if batch == batch_sizes[0]:
-                note(f"torch attention implementation: {backends['torch eager (baseline)'].attn}")
-            for kind, ts in texts.items():
-                rates = {name: items_per_s(b.encode, ts, args.repeats) for name, b in backends.items()}
-                base = median(rates["torch eager (baseline)"])
-                fp32 = median(rates["onnxruntime fp32 (TextEncoder)"])
-                for name, r in rates.items():
-                    rows.append([kind, batch, name, spread(r, 1), ratio(median(r), base), ratio(median(r), fp32)])
-                tok = items_per_s(lambda x: tokenizer.encode_batch(list(x)), ts, args.repeats)
-                rows.append([kind, batch, "tokenizer alone (ceiling)", spread(tok, 0), "–", "–"])
-                print(f"  … batch {batch} {kind} done", file=sys.stderr, flush=True)
-                if batch == batch_sizes[-1]:
-                    v32 = backends["onnxruntime fp32 (TextEncoder)"].encode(ts)
-                    v8 = backends["onnxruntime int8 (per-channel)"].encode(ts)
-                    vt = backends["torch eager (baseline)"].encode(ts)
-                    c8, ct = cosine_rows(v8, v32), cosine_rows(vt, v32)
-                    quality.append([kind, "int8 vs fp32", f"{c8.mean():.4f}", f"{c8.min():.4f}",
-                                    f"{np.abs(v8 - v32).max():.3g}"])
-                    quality.append([kind, "torch vs fp32", f"{ct.mean():.6f}", f"{ct.min():.6f}",
-                                    f"{np.abs(vt - v32).max():.3g}"])
-            del backends
+    rows = []
+    quality = []
+    for batch in batch_sizes:
+        backends = {
+            "torch eager (baseline)": TorchEncoder(model_dir, onnx_dir / manifest["tokenizer"],
+                                                   int(manifest["max_length"]), batch, args.threads),
+            "onnxruntime fp32 (TextEncoder)": TextEncoder(onnx_dir, device="cpu", batch_size=batch,
+                                                          threads=args.threads),
+            "onnxruntime int8 (per-channel)": TextEncoder(int8_dir, device="cpu", batch_size=batch,
+                                                          threads=args.threads),
+        }
+        if cuda_available():
+            backends["onnxruntime fp32 (CUDA provider)"] = TextEncoder(onnx_dir, device="cuda", batch_size=batch)
+        if batch == batch_sizes[0]:
+            note(f"torch attention implementation: {backends['torch eager (baseline)'].attn}")
+        for kind, ts in texts.items():
+            rates = {name: items_per_s(b.encode, ts, args.repeats) for name, b in backends.items()}
+            base = median(rates["torch eager (baseline)"])
+            fp32 = median(rates["onnxruntime fp32 (TextEncoder)"])
+            for name, r in rates.items():
+                rows.append([kind, batch, name, spread(r, 1), ratio(median(r), base), ratio(median(r), fp32)])
+            tok = items_per_s(lambda x: tokenizer.encode_batch(list(x)), ts, args.repeats)
+            rows.append([kind, batch, "tokenizer alone (ceiling)", spread(tok, 0), "–", "–"])
+            print(f"  … batch {batch} {kind} done", file=sys.stderr, flush=True)
+            if batch == batch_sizes[-1]:
+                v32 = backends["onnxruntime fp32 (TextEncoder)"].encode(ts)
+                v8 = backends["onnxruntime int8 (per-channel)"].encode(ts)
+                vt = backends["torch eager (baseline)"].encode(ts)
+                c8, ct = cosine_rows(v8, v32), cosine_rows(vt, v32)
+                quality.append([kind, "int8 vs fp32", f"{c8.mean():.4f}", f"{c8.min():.4f}",
+                                f"{np.abs(v8 - v32).max():.3g}"])
+                quality.append([kind, "torch vs fp32", f"{ct.mean():.6f}", f"{ct.min():.6f}",
+                                f"{np.abs(vt - v32).max():.3g}"])
+        del backends
 
     table(["texts", "batch", "runtime", "items/s", "vs torch", "vs fp32"], rows)
     table(["texts", "pair", "mean cosine", "min cosine", "max |Δ|"], quality)

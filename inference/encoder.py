@@ -88,6 +88,11 @@ def read_manifest(onnx_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def precision_of(manifest: dict[str, Any]) -> str:
+    """The weights' precision: fp32, or int8 (`inference.quantize`); older manifests say nothing: fp32."""
+    return str(manifest.get("precision", "fp32"))
+
+
 def _providers_for(device: str) -> list[str]:
     available = ort.get_available_providers()
     if device == "cpu":
@@ -182,6 +187,11 @@ class TextEncoder:
         return str(self._manifest["version"])
 
     @property
+    def precision(self) -> str:
+        """fp32, or int8 for a copy written by `inference.quantize`."""
+        return precision_of(self._manifest)
+
+    @property
     def providers(self) -> list[str]:
         """The execution providers the session really uses (not merely those installed)."""
         return list(self._session.get_providers())
@@ -219,4 +229,5 @@ class TextEncoder:
         return out
 
     def __repr__(self) -> str:
-        return f"TextEncoder(version={self.version!r}, dim={self.dim}, providers={self.providers})"
+        return (f"TextEncoder(version={self.version!r}, dim={self.dim}, precision={self.precision!r}, "
+                f"providers={self.providers})")

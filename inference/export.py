@@ -16,6 +16,7 @@ import tempfile
 import uuid
 import warnings
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def _max_abs_diff(torch_out: np.ndarray, onnx_out: np.ndarray) -> float:
     return float(np.max(np.abs(torch_out.astype(np.float64) - onnx_out.astype(np.float64))))
 
 
-def _publish(tmp_dir: Path, out_dir: Path) -> None:
+def publish_folder(tmp_dir: Path, out_dir: Path) -> None:
     """Move a finished export into place with renames, so readers see all of it or none."""
     try:
         os.rename(tmp_dir, out_dir)  # replaces a missing or empty out_dir atomically
@@ -277,7 +278,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, opset: int = 17, max_length: 
             "normalized": True,
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(tmp_dir, out_dir)
+        publish_folder(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -292,24 +293,30 @@ def _current(export_dir: Path) -> bool:
         return False
 
 
-def ensure_exported(model_dir: Path, cache_root: Path) -> Path:
-    """Return `cache_root/<version>`, exporting `model_dir` there unless it is cached already
-    in the current graph format.
+def build_once(target: Path, current: Callable[[Path], bool], build: Callable[[Path], object]) -> Path:
+    """Return `target`, building it with `build(target)` unless `current(target)` says it is done.
 
-    A per-version file lock makes concurrent callers (several workers starting together) wait
-    for one export instead of each running their own.
+    A file lock beside it makes concurrent callers (several workers starting together) wait for
+    one build instead of each running their own; holding it, leftover temporary folders of a
+    killed build are removed first.
     """
-    model_dir, cache_root = Path(model_dir), Path(cache_root)
-    target = cache_root / source_version(model_dir)
-    if _current(target):
+    target = Path(target)
+    if current(target):
         return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache_root / f".{target.name}.lock"):
-        if _current(target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.parent / f".{target.name}.lock"):
+        if current(target):
             return target
-        # Holding the lock, any leftover temporary folder belongs to an export that was killed.
-        for stale in cache_root.glob(f".{target.name}.*-*"):
+        for stale in target.parent.glob(f".{target.name}.*-*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
-        export_onnx(model_dir, target)
+        build(target)
     return target
+
+
+def ensure_exported(model_dir: Path, cache_root: Path) -> Path:
+    """Return `cache_root/<version>`, exporting `model_dir` there unless it is cached already
+    in the current graph format (once, however many processes ask together: `build_once`)."""
+    model_dir = Path(model_dir)
+    return build_once(Path(cache_root) / source_version(model_dir), _current,
+                      lambda target: export_onnx(model_dir, target))

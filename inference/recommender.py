@@ -827,12 +827,16 @@ def _passes(record: ItemRecord, f: Filter) -> bool:
 
 
 def encoder_dir(settings: InferenceSettings) -> Path:
-    """The exported encoder to serve: the configured folder, or the shipped model exported once."""
-    if settings.encoder_onnx_dir is not None:
-        return settings.encoder_onnx_dir
-    from inference.export import default_model_dir, ensure_exported  # needs torch: only when exporting
+    """The exported encoder to serve: the configured folder, or the shipped model exported once;
+    at `encoder_precision` int8, its int8 copy (quantized once)."""
+    from inference.quantize import ensure_precision
 
-    return ensure_exported(settings.encoder_model_dir or default_model_dir(), settings.data_dir / "models")
+    onnx_dir = settings.encoder_onnx_dir
+    if onnx_dir is None:
+        from inference.export import default_model_dir, ensure_exported  # needs torch: only when exporting
+
+        onnx_dir = ensure_exported(settings.encoder_model_dir or default_model_dir(), settings.data_dir / "models")
+    return ensure_precision(onnx_dir, settings.encoder_precision, settings.data_dir / "models")
 
 
 def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> VectorStore:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.experiments import VariantSpec
@@ -43,6 +43,12 @@ class InferenceSettings(BaseSettings):
     )
     encoder_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA provider when present, else CPU."
+    )
+    encoder_precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="int8: serve (and have `streamrec train` announce) an int8 copy of the encoder, quantized "
+                    "once into data_dir/models and checked against fp32; 1.6-2.3x fp32's speed on CPU. CPU only. "
+                    "A folder quantized already is served as it is.",
     )
     encoder_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per encoder call.")
     encoder_threads: int | None = Field(default=None, ge=1, description="onnxruntime intra-op threads.")
@@ -123,6 +129,13 @@ class InferenceSettings(BaseSettings):
         if any(b < a for a, b in zip(cutoffs, cutoffs[1:])):
             raise ValueError(f"cutoffs must be ascending, got {cutoffs}")
         return cutoffs
+
+    @model_validator(mode="after")
+    def _int8_runs_on_cpu(self) -> InferenceSettings:
+        if self.encoder_precision == "int8" and self.encoder_device == "cuda":
+            raise ValueError("encoder_precision int8 is for the CPU provider (onnxruntime runs its dynamic int8 "
+                             "ops on the CPU); on CUDA serve fp32")
+        return self
 
     @field_validator("segment_price_boost")
     @classmethod

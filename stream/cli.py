@@ -29,8 +29,8 @@ def _worker(args: argparse.Namespace) -> int:
     recommender = open_recommender(inference_settings)
     app = build_app(stream_settings, recommender)
     logging.getLogger("streamrec").info(
-        "worker: model %s on %s, store %s, broker %s",
-        recommender.model_version, recommender.encoder.providers,
+        "worker: model %s (%s) on %s, store %s, broker %s",
+        recommender.model_version, recommender.encoder.precision, recommender.encoder.providers,
         inference_settings.qdrant_url or inference_settings.data_dir, stream_settings.kafka_bootstrap_servers,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir))

@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from inference.catalog import item_text
 from inference.encoder import MANIFEST_FILE, load_tokenizer, pad_batch
 from inference.file_lock import exclusive_lock
+from inference.quantize import PRECISIONS
 from inference.schemas import Event, EventType, Item
 from training.datasets import RetailLog
 
@@ -673,6 +674,7 @@ class FinetuneOptions:
     threads: int | None = None
     device: str = "auto"
     force: bool = False
+    precision: str | None = None  # None: STREAMREC_ENCODER_PRECISION
 
 
 @dataclass(frozen=True)
@@ -763,7 +765,11 @@ def train_version(options: FinetuneOptions) -> TrainResult:
     from inference.settings import InferenceSettings
 
     started = time.monotonic()
-    models_root = Path(options.models_root or InferenceSettings().data_dir / "models")
+    settings = InferenceSettings()
+    models_root = Path(options.models_root or settings.data_dir / "models")
+    precision = options.precision or settings.encoder_precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     threads = options.threads or _available_cores()
     torch.set_num_threads(threads)
     torch.manual_seed(options.seed)
@@ -847,17 +853,35 @@ def train_version(options: FinetuneOptions) -> TrainResult:
             log.warning("version %s not published: %s", version, reason)
             return TrainResult(version, None, manifest, False, reason, round(time.monotonic() - started, 2))
         path, manifest = _publish_version(hf_tmp, models_root / VERSIONS_DIR, version, manifest)
-    append_registry(
-        models_root,
-        {
-            "version": version,
-            "path": f"{VERSIONS_DIR}/{version}",
-            "created_at": manifest["created_at"],
-            "base_version": base_version,
-            "metrics": manifest["metrics"],
-        },
-    )
+    entry = {
+        "version": version,
+        "path": f"{VERSIONS_DIR}/{version}",
+        "created_at": manifest["created_at"],
+        "base_version": base_version,
+        "metrics": manifest["metrics"],
+    }
+    if precision == "int8":
+        path, manifest = _publish_int8(path, interactions.item_texts, validation, eval_length, threads)
+        entry["variants"] = {"int8": f"{VERSIONS_DIR}/{path.name}"}
+        version = str(manifest["version"])
+    append_registry(models_root, entry)
     return TrainResult(version, path, manifest, True, reason, round(time.monotonic() - started, 2))
+
+
+def _publish_int8(
+    fp32_dir: Path, item_texts: Sequence[str], validation: PairSet, eval_length: int, threads: int
+) -> tuple[Path, dict[str, Any]]:
+    """Quantize a published version into ``versions/<version>-int8`` (the version to announce),
+    with its own validation metrics beside the fp32 ones, measured the same way."""
+    from inference.encoder import TextEncoder
+    from inference.quantize import INT8_SUFFIX, quantize_int8
+
+    int8_dir = quantize_int8(fp32_dir, fp32_dir.with_name(fp32_dir.name + INT8_SUFFIX))
+    vectors = TextEncoder(int8_dir, device="cpu", max_length=eval_length, threads=threads).encode(item_texts)
+    manifest = json.loads((int8_dir / MANIFEST_FILE).read_text())
+    manifest["metrics"] = {**manifest["metrics"], "int8": rank_metrics(vectors, validation.source, validation.target)}
+    (int8_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return int8_dir, manifest
 
 
 # --------------------------------------------------------------------------------------------
@@ -903,6 +927,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when torch sees it")
     p.add_argument("--force", action="store_true", help="publish even if worse than the base on NDCG@10")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="int8: also write <version>-int8 (checked against fp32, with its own metrics) and make "
+                        "it the version to announce (default: STREAMREC_ENCODER_PRECISION, else fp32)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -917,7 +944,7 @@ def format_result(result: TrainResult) -> str:
     lines = [
         f"{'':8}" + "".join(f"{name:>10}" for name in METRIC_NAMES),
         *(f"{label:8}" + "".join(f"{metrics[label][name]:>10.4f}" for name in METRIC_NAMES)
-          for label in ("base", "tuned")),
+          for label in ("base", "tuned", "int8") if label in metrics),
         (f"validation pairs {metrics['n_validation']} (targets from {m['data_window']['validation_from']}), "
          f"training pairs {m['n_pairs']}, events {m['n_events']} ({m['data_window']['from']} .. "
          f"{m['data_window']['to']})"),

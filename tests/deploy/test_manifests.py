@@ -481,7 +481,8 @@ def test_gpu_scheduling_only_in_prod(rendered):
     assert int(prod["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert spec["nodeSelector"]["nvidia.com/gpu.present"] == "true"
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    assert {e["name"]: e.get("value") for e in prod["env"]}["STREAMREC_ENCODER_DEVICE"] == "cuda"
+    env = {e["name"]: e.get("value") for e in prod["env"]}
+    assert env["STREAMREC_ENCODER_DEVICE"] == "cuda" and env["STREAMREC_ENCODER_PRECISION"] == "fp32"
     assert "streamrec-gpu:" in prod["image"]
     dev = container(rendered["dev"].one("Deployment", "streamrec-worker"), "worker")
     assert "nvidia.com/gpu" not in dev["resources"]["limits"]

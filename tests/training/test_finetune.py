@@ -362,3 +362,24 @@ def test_command_line_options_map_onto_the_defaults():
     opts = options_from_args(args)
     assert opts.format == "dump" and opts.events == Path("e.jsonl") and opts.max_steps == 5 and opts.force
     assert opts.since == pd.Timestamp("2011-01-01T00:00:00Z")
+
+
+def test_at_int8_the_version_to_announce_is_the_checked_int8_copy(dump, tiny_model_dir: Path, tmp_path: Path):
+    root = tmp_path / "models"
+    result = train_version(options(dump, root, base=tiny_model_dir, force=True, precision="int8"))
+    fp32_version = result.manifest["quantized_from"]
+    assert result.published and result.version == fp32_version + "-int8"
+    assert result.path == root / "versions" / result.version
+    assert json.loads((result.path / "manifest.json").read_text()) == result.manifest
+    metrics = result.manifest["metrics"]
+    assert set(metrics) == {"base", "tuned", "int8", "n_validation"}
+    assert set(metrics["int8"]) == {"hr@10", "ndcg@10", "mrr"}
+    encoder = TextEncoder(result.path, device="cpu", threads=1)
+    assert (encoder.version, encoder.precision) == (result.version, "int8")
+    assert "int8" in finetune.format_result(result)
+
+    # The fp32 version stays the registered one (a later refit starts from its hf/ weights).
+    (entry,) = read_registry(root)
+    assert entry["version"] == fp32_version and entry["variants"] == {"int8": f"versions/{result.version}"}
+    assert (root / "versions" / fp32_version / "hf").is_dir()
+    assert train_version(options(dump, root, force=True, seed=1)).manifest["base_version"] == fp32_version

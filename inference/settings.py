@@ -47,7 +47,7 @@ class InferenceSettings(BaseSettings):
     encoder_precision: Literal["fp32", "int8"] = Field(
         default="fp32",
         description="int8: serve (and have `streamrec train` announce) an int8 copy of the encoder, quantized "
-                    "once into data_dir/models and checked against fp32; 1.6-2.3x fp32's speed on CPU. CPU only. "
+                    "once into data_dir/models and checked against fp32; about 2x fp32's speed on CPU. CPU only. "
                     "A folder quantized already is served as it is.",
     )
     encoder_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per encoder call.")

@@ -156,6 +156,15 @@ class Popularity:
         self._set(item_id, count * decay(ref - updated, self.half_life_s) + weight, ref)
         self.now = max(self.now, ts)
 
+    def merge(self, item_id: str, count: float, updated: float) -> None:
+        """Add another share's decayed count (`count` as of `updated`): both are decayed to the
+        later of the two times and summed, so shares merge in any order to the same value."""
+        own, own_updated = self._counts.get(item_id, (0.0, updated))
+        ref = max(updated, own_updated)
+        self._set(item_id, own * decay(ref - own_updated, self.half_life_s) + count * decay(ref - updated, self.half_life_s),
+                  ref)
+        self.now = max(self.now, ref)
+
     def value(self, item_id: str) -> float:
         count, updated = self._counts.get(item_id, (0.0, self.now))
         return count * decay(self.now - updated, self.half_life_s)
@@ -172,9 +181,10 @@ class Popularity:
     def top(self, n: int) -> list[str]:
         return heapq.nlargest(n, self._rank, key=self._rank.__getitem__)
 
-    def forget(self, item_id: str) -> None:
-        self._counts.pop(item_id, None)
+    def forget(self, item_id: str) -> bool:
+        """Drop an item's count; whether there was one."""
         self._rank.pop(item_id, None)
+        return self._counts.pop(item_id, None) is not None
 
     def snapshot(self) -> dict[str, tuple[float, float]]:
         return dict(self._counts)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from itertools import repeat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from inference.exploration import (
     remember_explored,
 )
 from inference.interest_groups import InterestGroups
+from inference.popularity_shares import DEFAULT_SHARE, LEGACY_SHARE, PopularityShares, combine
 from inference.profile_store import USERS, ProfileRepository, pseudonymiser, segment_and_interest
 from inference.profiles import (
     EVENT_WEIGHTS,
@@ -161,7 +163,13 @@ class Recommender:
         )
         store.ensure_collection(USERS, self.dim)
         self.items = ItemCache(store, items_collection, ttl_s=settings.item_cache_ttl_s)
+        # Ranks by every worker's counts: the merge of all shares, plus what this worker counted
+        # since (inference/popularity_shares.py). `_counting` are the shares this worker counts
+        # into, `_unwritten` those with counts not yet written.
         self.popularity = Popularity(settings.popularity_half_life_days * 86_400)
+        self.shares = PopularityShares(store)
+        self._counting: dict[str, Popularity] = {}
+        self._unwritten: set[str] = set()
         self.params = ProfileParams(
             long_term_half_life_s=settings.long_term_half_life_days * 86_400,
             session_half_life_s=settings.session_half_life_minutes * 60,
@@ -215,9 +223,11 @@ class Recommender:
 
     def _load_state(self) -> None:
         """Popularity, topics, bandit arms and per-segment popularity from the state blobs."""
-        for item_id, (count, updated) in (self.blobs.get("popularity") or {}).items():
-            if item_id not in self.popularity.snapshot():
-                self.popularity.restore(item_id, count, updated)
+        legacy = self.blobs.get("popularity")
+        if legacy is not None:  # one blob for every worker, before shares: a share nobody counts into
+            self.shares.put(LEGACY_SHARE, legacy)
+            self.blobs.delete("popularity")
+        self._merge_shares()
         topics = self.blobs.get(f"topics:{self.model_version}")
         self.topics, self.arms = None, {}
         if topics:
@@ -347,6 +357,9 @@ class Recommender:
             for i in deleted:
                 self.items.forget(i.item_id)
                 self.popularity.forget(i.item_id)
+                for share, counting in self._counting.items():
+                    if counting.forget(i.item_id):
+                        self._unwritten.add(share)
                 for segment_popularity in self.segment_popularity.values():
                     segment_popularity.forget(i.item_id)
                 if self.topics is not None:
@@ -387,22 +400,41 @@ class Recommender:
         disk and in memory (~6.7 KB per event) and each batch got slower, which is what made the
         30-minute soak fall behind (bench/reports/soak-20261129).
         """
-        snapshot = self.popularity.snapshot()
+        for share in self._unwritten:
+            self.shares.put(share, self._counting[share].snapshot())
+        for share in set(self._counting) - self._unwritten:
+            del self._counting[share]  # nothing counted since the last flush: its partition may have moved
+        self._unwritten = set()
+        self._merge_shares()
         by_segment = {segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
                       for segment, pop in self.segment_popularity.items()}
-        if snapshot != self._flushed.get("popularity"):
-            self.blobs.put("popularity", {i: list(v) for i, v in snapshot.items()})
-            self._flushed["popularity"] = snapshot
         if by_segment != self._flushed.get("segment_popularity"):
             self.blobs.put("segment_popularity", by_segment)
             self._flushed["segment_popularity"] = by_segment
         self.store.flush()
-        return len(snapshot)
+        return len(self.popularity.snapshot())
+
+    def _merge_shares(self) -> None:
+        """Rank by every share in the store, this worker's own ones as counted so far."""
+        shares = self.shares.all()
+        shares.update((share, pop.snapshot()) for share, pop in self._counting.items())
+        self.popularity = combine(shares.values(), self.popularity.half_life_s)
+
+    def _count(self, share: str, item_id: str, weight: float, ts: float) -> None:
+        counting = self._counting.get(share)
+        if counting is None:  # first event of this partition since the last flush: go on from its share
+            counting = self._counting[share] = combine([self.shares.get(share)], self.popularity.half_life_s)
+        counting.add(item_id, weight, ts)
+        self._unwritten.add(share)
+        self.popularity.add(item_id, weight, ts)
 
     # ---- events ----------------------------------------------------------------------------
-    def process_events(self, events: Sequence[Event]) -> list[Message]:
+    def process_events(self, events: Sequence[Event], shares: Sequence[str] | None = None) -> list[Message]:
         """Fold a batch of events into profiles, learn from feedback on explored items, re-segment,
         persist, and answer each user's last event.
+
+        `shares` names, per event, the popularity share it is counted into: its partition, which
+        no other worker consumes meanwhile (default: one share, `DEFAULT_SHARE`).
 
         Returns the recommendations (one per user per batch: it reflects all of that user's events
         in it) and the users' segment changes. A redelivered event (same event_id) changes no
@@ -419,7 +451,7 @@ class Recommender:
         changed: dict[str, Profile] = {}
         last_event: dict[str, Event] = {}
         arms_changed = False
-        for event in events:
+        for event, share in zip(events, shares or repeat(DEFAULT_SHARE), strict=shares is not None):
             profile = profiles[event.user_id]
             record = records.get(event.item_id) if event.item_id else None
             vector = record.vector if record is not None else query_vectors.get(event.event_id)
@@ -449,7 +481,7 @@ class Recommender:
                     arms_changed = True
                 profiles[event.user_id] = changed[event.user_id] = after
                 if record is not None and EVENT_WEIGHTS[event.type] > 0:
-                    self.popularity.add(record.item_id, EVENT_WEIGHTS[event.type], ts)
+                    self._count(share, record.item_id, EVENT_WEIGHTS[event.type], ts)
                 if record is not None and event.type is EventType.purchase and after.segment is not None:
                     self._segment_popularity(after.segment).add(record.item_id, 1.0, ts)
             if event.type is not EventType.impression:

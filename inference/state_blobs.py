@@ -18,14 +18,23 @@ STATE = "state"
 
 
 class StateBlobs:
-    def __init__(self, store: VectorStore):
-        self._store = store
-        store.ensure_collection(STATE, 1)
+    """Named JSON values, one point each, in a collection of their own (`state` by default)."""
+
+    def __init__(self, store: VectorStore, collection: str = STATE):
+        self._store, self._collection = store, collection
+        store.ensure_collection(collection, 1)
 
     def get(self, name: str) -> Any | None:
-        found = self._store.retrieve(STATE, [name])
+        found = self._store.retrieve(self._collection, [name])
         return json.loads(found[0].payload["json"]) if found else None
 
     def put(self, name: str, value: Any) -> None:
         payload = {"json": json.dumps(value, separators=(",", ":"))}
-        self._store.upsert(STATE, [Point(name, np.ones(1, dtype=np.float32), payload)])
+        self._store.upsert(self._collection, [Point(name, np.ones(1, dtype=np.float32), payload)])
+
+    def delete(self, name: str) -> None:
+        self._store.delete(self._collection, [name])
+
+    def all(self) -> dict[str, Any]:
+        """Every value of the collection by name."""
+        return {point.id: json.loads(point.payload["json"]) for point in self._store.scroll(self._collection)}

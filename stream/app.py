@@ -156,18 +156,25 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 await dead_letter(event, result)
         return accepted
 
-    async def process(accepted: list[tuple[Any, Message]], fn: Callable[[Sequence[Message]], Any]):
+    async def process(accepted: list[tuple[Any, Message]], fn: Callable[..., Any], *, by_partition: bool = False):
         """The whole batch in one call; if it fails for a reason other than the store, find the
-        culprits one by one and dead-letter them, so one poisoned message never blocks the rest."""
-        messages = [m for _, m in accepted]
+        culprits one by one and dead-letter them, so one poisoned message never blocks the rest.
+        `by_partition`: `fn` also takes each message's partition (its popularity share)."""
+
+        def call(pairs: list[tuple[Any, Message]]):
+            messages = [m for _, m in pairs]
+            if by_partition:
+                return in_executor(fn, messages, [str(e.message.partition) for e, _ in pairs])
+            return in_executor(fn, messages)
+
         try:
-            return await in_executor(fn, messages)
+            return await call(accepted)
         except Exception as exc:  # noqa: BLE001 - anything else is a bad message, isolate it
-            log.warning("batch of %d failed (%r); retrying one by one", len(messages), exc)
+            log.warning("batch of %d failed (%r); retrying one by one", len(accepted), exc)
         results = []
         for event, message in accepted:
             try:
-                results.append(await in_executor(fn, [message]))
+                results.append(await call([(event, message)]))
             except Exception as exc:  # noqa: BLE001
                 await dead_letter(event, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
         return _concat(results)
@@ -240,7 +247,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     async def handle_events(accepted) -> None:
         # Kafka's CreateTime of each event: freshness is measured from publication.
         published_at = {m.event_id: e.message.timestamp for e, m in accepted}
-        await publish(await process(accepted, recommender.process_events), published_at)
+        await publish(await process(accepted, recommender.process_events, by_partition=True), published_at)
         for _, event in accepted:
             state.processed[f"event.{event.type.value}"] += 1
 

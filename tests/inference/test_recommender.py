@@ -255,7 +255,7 @@ def test_an_erased_user_leaves_nothing_behind(engine):
     engine.flush_state()
     (confirmed,) = engine.erase_users([Erasure(schema=1, erasure_id="x1", user_id=user)])
     assert "profile" in confirmed.erased
-    for collection in ("users", "items", "state"):
+    for collection in ("users", "items", "state", "popularity_shares"):
         for point in engine.store.scroll(collection):
             assert user not in json.dumps(point.payload), (collection, point.id)
             assert user != point.id

@@ -8,7 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from inference.popularity_shares import PopularityShares
 from inference.schemas import DeadLetter, Event, EventType, Item, Recommendation, Request
+from inference.store import open_store
 from kafka import KafkaAdminClient
 
 from tests.fixtures.fault_fixtures import wait_until
@@ -112,6 +114,11 @@ def test_http_view_answers_from_the_same_state_and_state_survives_a_restart(depl
     assert deployment.worker.get("/recommendations/erin?k=0", quiet=True)["error"]
 
     deployment.worker.stop()
+    # The clean stop wrote popularity into the shares of the partitions the events came from.
+    with open_store(url=None, api_key=None, data_dir=deployment.root / "state") as store:
+        shares = PopularityShares(store).all()
+    assert shares and set(shares) <= {"0", "1", "2", "3"}, shares.keys()
+    assert any("i30" in counts for counts in shares.values())
     worker = deployment.start_worker()
     again = worker.get("/recommendations/erin?k=40")
     assert "i30" not in {i["item_id"] for i in again["items"]}, "the purchase was forgotten across a restart"

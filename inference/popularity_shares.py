@@ -1,0 +1,58 @@
+"""Item popularity counted by every worker: one share per event partition, merged for ranking.
+
+A worker counts only the events of the partitions it consumes. Kept in one blob per store, the
+counts were overwritten by whichever worker flushed last, so with several workers popularity
+reflected one worker's share of the traffic. Now each partition's counts are a share of their own
+(collection `popularity_shares`), written only by the worker that consumes that partition (Kafka
+gives a partition to one consumer of a group at a time), and every worker ranks by the merge of
+all shares, read again at each flush (`STREAMREC_POPULARITY_FLUSH_S`).
+
+A partition that moves to another worker is read from its stored share there on its first
+event. Its old owner writes a share only after counting into it, so it stops writing once it has
+written what it counted. Only what the old owner counted after its last flush, written after the
+new owner had read the share, is overwritten: at most one flush interval of one partition's
+counts per rebalance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from inference.catalog import Popularity
+from inference.state_blobs import StateBlobs
+from inference.store import VectorStore
+
+SHARES = "popularity_shares"
+# Events handed over without a partition (the Kafka-free API) are counted into this share.
+DEFAULT_SHARE = "local"
+# The share a store's single pre-shares popularity blob became (read, never counted into again).
+LEGACY_SHARE = "legacy"
+
+Snapshot = Mapping[str, Sequence[float]]  # item id -> (decayed count, as of this event time)
+
+
+def combine(shares: Iterable[Snapshot], half_life_s: float, exclude: Collection[str] = ()) -> Popularity:
+    """One popularity from several shares: per item, each count decayed to the latest time any
+    share counted it, and summed (the order of shares does not matter)."""
+    combined = Popularity(half_life_s)
+    for share in shares:
+        for item_id, (count, updated) in share.items():
+            if item_id not in exclude:
+                combined.merge(item_id, float(count), float(updated))
+    return combined
+
+
+class PopularityShares:
+    """The shares in the vector store, one JSON point per share."""
+
+    def __init__(self, store: VectorStore):
+        self._blobs = StateBlobs(store, collection=SHARES)
+
+    def get(self, share: str) -> Snapshot:
+        return self._blobs.get(share) or {}
+
+    def put(self, share: str, counts: Snapshot) -> None:
+        self._blobs.put(share, {item_id: list(v) for item_id, v in counts.items()})
+
+    def all(self) -> dict[str, Snapshot]:
+        return self._blobs.all()

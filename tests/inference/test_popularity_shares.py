@@ -1,0 +1,99 @@
+"""inference/popularity_shares.py: shares merge to the single count, and workers see each other's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference.catalog import Popularity
+from inference.popularity_shares import LEGACY_SHARE, SHARES, PopularityShares, combine
+from inference.profiles import EVENT_WEIGHTS
+from inference.recommender import Recommender
+from inference.schemas import EventType
+from inference.store import open_store
+from tests.inference.test_recommender import ITEMS, ev
+from tests.inference.test_recommender import settings as engine_settings
+
+HALF_LIFE_S = 3600.0
+
+events = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(0.1, 5.0), st.floats(0.0, 20_000.0), st.integers(0, 3)),
+    max_size=40,
+)
+
+
+@given(events)
+@settings(max_examples=200, deadline=None)
+def test_shares_combine_to_what_one_counter_of_every_event_holds(stream):
+    """Events in time order, each counted into one of four shares (its partition): the merge of
+    the shares equals one Popularity that counted them all, whatever the split and merge order."""
+    stream = sorted(stream, key=lambda e: e[2])
+    whole, shares = Popularity(HALF_LIFE_S), [Popularity(HALF_LIFE_S) for _ in range(4)]
+    for item, weight, ts, share in stream:
+        whole.add(item, weight, ts)
+        shares[share].add(item, weight, ts)
+    snapshots = [p.snapshot() for p in shares]
+    for order in (snapshots, snapshots[::-1]):
+        merged = combine(order, HALF_LIFE_S)
+        merged.now = whole.now
+        for item in "abc":
+            assert abs(merged.value(item) - whole.value(item)) <= 1e-9 * max(1.0, whole.value(item))
+    if stream:
+        assert combine(snapshots, HALF_LIFE_S).top(3) == [i for i in whole.top(3)]
+
+
+def purchases(item: str, n: int, user: str) -> list:
+    return [ev(k, f"{user}{k}", item) for k in range(n)]
+
+
+def test_workers_rank_by_every_partitions_counts_after_a_flush(tmp_path: Path, tiny_encoder):
+    s = engine_settings(tmp_path, exploration_rate=0.0)
+    store = open_store(url=None, api_key=None, data_dir=s.data_dir)
+    try:
+        a = Recommender(tiny_encoder, store, s)
+        a.upsert_items(ITEMS)
+        b = Recommender(tiny_encoder, store, s)
+        a.process_events(purchases("i1", 3, "a"), shares=["0"] * 3)
+        b.process_events(purchases("i2", 5, "b"), shares=["1"] * 5)
+        assert a.popularity.top(5) == ["i1"] and b.popularity.top(5) == ["i2"]  # each its own, until a flush
+        a.flush_state()
+        b.flush_state()
+        a.flush_state()
+        for worker in (a, b):
+            assert worker.popularity.top(2) == ["i2", "i1"]
+            assert round(worker.popularity.value("i2") / worker.popularity.value("i1"), 6) == round(5 / 3, 6)
+        assert set(PopularityShares(store).all()) == {"0", "1"}
+
+        # Partition 0 moves to b: b goes on from a's share; a, which counts nothing more into it,
+        # stops writing it and reads b's counts from the store.
+        b.process_events(purchases("i1", 4, "b-moved"), shares=["0"] * 4)
+        a.flush_state()
+        b.flush_state()
+        a.flush_state()
+        assert PopularityShares(store).get("0")["i1"][0] == 7 * EVENT_WEIGHTS[EventType.purchase]  # 3 + 4
+        assert a.popularity.top(2) == b.popularity.top(2) == ["i1", "i2"]
+        assert a.popularity.value("i1") == b.popularity.value("i1")
+
+        # A restarted worker ranks by the shares in the store.
+        c = Recommender(tiny_encoder, store, s)
+        assert c.popularity.top(2) == ["i1", "i2"] and c.popularity.value("i1") == a.popularity.value("i1")
+    finally:
+        store.close()
+
+
+def test_a_store_with_one_popularity_blob_keeps_it_as_a_share(tmp_path: Path, tiny_encoder):
+    s = engine_settings(tmp_path)
+    store = open_store(url=None, api_key=None, data_dir=s.data_dir)
+    try:
+        first = Recommender(tiny_encoder, store, s)
+        first.upsert_items(ITEMS)
+        first.blobs.put("popularity", {"i5": [4.0, 1_300_000_000.0]})  # as workers before shares wrote it
+        second = Recommender(tiny_encoder, store, s)
+        assert second.popularity.top(1) == ["i5"] and second.popularity.value("i5") == 4.0
+        assert first.blobs.get("popularity") is None
+        assert PopularityShares(store).all() == {LEGACY_SHARE: {"i5": [4.0, 1_300_000_000.0]}}
+        assert store.count(SHARES) == 1
+    finally:
+        store.close()

@@ -16,7 +16,8 @@ import tempfile
 import uuid
 import warnings
 from datetime import datetime, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,21 @@ def publish_folder(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of `out_dir` to write into: moved into place (`publish_folder`) when the
+    block ends, removed if it raises, so an interrupted write never leaves a partial `out_dir`."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp_dir.chmod(0o755)  # mkdtemp makes it owner-only; the cache is read by other services
+        yield tmp_dir
+        publish_folder(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
 def export_onnx(model_dir: Path, out_dir: Path, *, opset: int = 17, max_length: int = 256) -> Path:
     """Export `model_dir` (config.json, weights, tokenizer.json) to `out_dir` and return it.
 
@@ -215,10 +231,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, opset: int = 17, max_length: 
         torch_outs = [wrapper(*map(torch.from_numpy, batch)).numpy() for batch in batches]
     dim = int(torch_outs[0].shape[1])
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp_dir.chmod(0o755)  # mkdtemp makes it owner-only; the cache is read by other services
+    with staged_folder(out_dir) as tmp_dir:
         onnx_path = tmp_dir / MODEL_FILE
         with torch.no_grad(), warnings.catch_warnings():
             # Tracer notes on shape-dependent Python in transformers' mask code: the check below
@@ -278,10 +291,6 @@ def export_onnx(model_dir: Path, out_dir: Path, *, opset: int = 17, max_length: 
             "normalized": True,
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_folder(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 

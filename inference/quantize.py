@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from inference.encoder import (
     precision_of,
     read_manifest,
 )
-from inference.export import SAMPLE_SENTENCES, build_once, publish_folder
+from inference.export import SAMPLE_SENTENCES, build_once, staged_folder
 
 PRECISIONS = ("fp32", "int8")
 INT8_SUFFIX = "-int8"
@@ -82,10 +81,7 @@ def quantize_int8(onnx_dir: Path, out_dir: Path) -> Path:
             "STREAMREC_ENCODER_PRECISION=int8 prints one)"
         ) from exc
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp_dir.chmod(0o755)
+    with staged_folder(out_dir) as tmp_dir:
         # The fused graph's contrib ops (Attention, SkipLayerNormalization) escape ONNX shape
         # inference, so the quantiser is told their outputs are float32.
         root = logging.getLogger()
@@ -115,10 +111,6 @@ def quantize_int8(onnx_dir: Path, out_dir: Path) -> Path:
             )
         quantized["int8_cosine"] = {"min": round(float(cosines.min()), 6), "mean": round(float(cosines.mean()), 6)}
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(quantized, indent=2) + "\n")
-        publish_folder(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -5,7 +5,9 @@ counts were overwritten by whichever worker flushed last, so with several worker
 reflected one worker's share of the traffic. Now each partition's counts are a share of their own
 (collection `popularity_shares`), written only by the worker that consumes that partition (Kafka
 gives a partition to one consumer of a group at a time), and every worker ranks by the merge of
-all shares, read again at each flush (`STREAMREC_POPULARITY_FLUSH_S`).
+all shares, read again at each flush (`STREAMREC_POPULARITY_FLUSH_S`). Purchases per value
+segment (what "popular with customers like you" explains) are shared the same way, in shares of
+their own per partition and segment.
 
 A partition that moves to another worker is read from its stored share there on its first
 event. Its old owner writes a share only after counting into it, so it stops writing once it has
@@ -16,6 +18,7 @@ counts per rebalance.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from inference.catalog import Popularity
@@ -40,6 +43,20 @@ def combine(shares: Iterable[Snapshot], half_life_s: float, exclude: Collection[
             if item_id not in exclude:
                 combined.merge(item_id, float(count), float(updated))
     return combined
+
+
+def segment_share(share: str, segment: str) -> str:
+    """The name of the share that counts one value segment's purchases in a partition."""
+    return f"{share}/{segment}"
+
+
+def combine_all(shares: Mapping[str, Snapshot], half_life_s: float) -> tuple[Popularity, dict[str, Popularity]]:
+    """Item popularity, and popularity per value segment, from every share by name."""
+    groups: dict[str, list[Snapshot]] = defaultdict(list)
+    for name, counts in shares.items():
+        groups[name.partition("/")[2]].append(counts)  # "" for the item shares
+    items = combine(groups.pop("", []), half_life_s)
+    return items, {segment: combine(counts, half_life_s) for segment, counts in groups.items()}
 
 
 class PopularityShares:

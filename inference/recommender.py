@@ -46,7 +46,14 @@ from inference.exploration import (
     remember_explored,
 )
 from inference.interest_groups import InterestGroups
-from inference.popularity_shares import DEFAULT_SHARE, LEGACY_SHARE, PopularityShares, combine
+from inference.popularity_shares import (
+    DEFAULT_SHARE,
+    LEGACY_SHARE,
+    PopularityShares,
+    combine,
+    combine_all,
+    segment_share,
+)
 from inference.profile_store import USERS, ProfileRepository, pseudonymiser, segment_and_interest
 from inference.profiles import (
     EVENT_WEIGHTS,
@@ -188,7 +195,6 @@ class Recommender:
         self.segment_popularity: dict[str, Popularity] = {}
         self.explored_slots = self.total_slots = 0  # for the exploration-rate metric
         self._changed_during_swap: set[str] | None = None  # item ids touched while a swap encodes
-        self._flushed: dict[str, dict] = {}  # what flush_state wrote last
         serving = self.blobs.get("serving")
         if serving is None:  # the first model this store serves: its profiles carry no space tag
             serving = {"first_version": self.model_version, "collections": {self.model_version: items_collection}}
@@ -223,10 +229,16 @@ class Recommender:
 
     def _load_state(self) -> None:
         """Popularity, topics, bandit arms and per-segment popularity from the state blobs."""
+        # Blobs every worker overwrote, before shares: they become shares nobody counts into.
         legacy = self.blobs.get("popularity")
-        if legacy is not None:  # one blob for every worker, before shares: a share nobody counts into
+        if legacy is not None:
             self.shares.put(LEGACY_SHARE, legacy)
             self.blobs.delete("popularity")
+        legacy_by_segment = self.blobs.get("segment_popularity")
+        if legacy_by_segment is not None:
+            for segment, counts in legacy_by_segment.items():
+                self.shares.put(segment_share(LEGACY_SHARE, segment), counts)
+            self.blobs.delete("segment_popularity")
         self._merge_shares()
         topics = self.blobs.get(f"topics:{self.model_version}")
         self.topics, self.arms = None, {}
@@ -234,10 +246,6 @@ class Recommender:
             self.topics = Topics.from_json(topics, self.items.records())
             bandit = self.blobs.get(f"bandit:{self.model_version}") or {}
             self.arms = {t: Arm(*v) for t, v in bandit.get("arms", {}).items()}
-        for segment, counts in (self.blobs.get("segment_popularity") or {}).items():
-            pop = self.segment_popularity[segment] = Popularity(self.popularity.half_life_s)
-            for item_id, (count, updated) in counts.items():
-                pop.restore(item_id, count, updated)
 
     def ensure_topics(self) -> Topics | None:
         """Cluster the catalog into topics once it is big enough (once per encoder version)."""
@@ -388,10 +396,11 @@ class Recommender:
         return CatalogChange(upserted=len(to_embed), unchanged=len(live) - len(to_embed), deleted=len(deleted))
 
     def flush_state(self) -> int:
-        """Persist popularity and per-segment popularity (when they changed), so a restarted
-        worker ranks the same way; bandit arms are saved with each batch that changes them.
+        """Write the popularity shares counted into since the last flush, then rank by every
+        worker's shares (inference/popularity_shares.py); bandit arms are saved with each batch
+        that changes them.
 
-        One blob per kind, not a payload write per item: the embedded engine keeps every
+        One point per share, not a payload write per item: the embedded engine keeps every
         overwritten version until it optimises (which it never does here), so writing thousands
         of item payloads every few seconds grew the worker by ~350 bytes per write (measured).
 
@@ -406,11 +415,6 @@ class Recommender:
             del self._counting[share]  # nothing counted since the last flush: its partition may have moved
         self._unwritten = set()
         self._merge_shares()
-        by_segment = {segment: {i: list(pop.snapshot()[i]) for i in pop.top(10 * SEGMENT_POPULAR)}
-                      for segment, pop in self.segment_popularity.items()}
-        if by_segment != self._flushed.get("segment_popularity"):
-            self.blobs.put("segment_popularity", by_segment)
-            self._flushed["segment_popularity"] = by_segment
         self.store.flush()
         return len(self.popularity.snapshot())
 
@@ -418,15 +422,16 @@ class Recommender:
         """Rank by every share in the store, this worker's own ones as counted so far."""
         shares = self.shares.all()
         shares.update((share, pop.snapshot()) for share, pop in self._counting.items())
-        self.popularity = combine(shares.values(), self.popularity.half_life_s)
+        self.popularity, self.segment_popularity = combine_all(shares, self.popularity.half_life_s)
 
-    def _count(self, share: str, item_id: str, weight: float, ts: float) -> None:
+    def _count(self, share: str, item_id: str, weight: float, ts: float, ranked: Popularity) -> None:
+        """Count into `share` (written at the next flush) and into `ranked`, what ranking reads."""
         counting = self._counting.get(share)
         if counting is None:  # first event of this partition since the last flush: go on from its share
             counting = self._counting[share] = combine([self.shares.get(share)], self.popularity.half_life_s)
         counting.add(item_id, weight, ts)
         self._unwritten.add(share)
-        self.popularity.add(item_id, weight, ts)
+        ranked.add(item_id, weight, ts)
 
     # ---- events ----------------------------------------------------------------------------
     def process_events(self, events: Sequence[Event], shares: Sequence[str] | None = None) -> list[Message]:
@@ -481,9 +486,10 @@ class Recommender:
                     arms_changed = True
                 profiles[event.user_id] = changed[event.user_id] = after
                 if record is not None and EVENT_WEIGHTS[event.type] > 0:
-                    self._count(share, record.item_id, EVENT_WEIGHTS[event.type], ts)
+                    self._count(share, record.item_id, EVENT_WEIGHTS[event.type], ts, self.popularity)
                 if record is not None and event.type is EventType.purchase and after.segment is not None:
-                    self._segment_popularity(after.segment).add(record.item_id, 1.0, ts)
+                    self._count(segment_share(share, after.segment), record.item_id, 1.0, ts,
+                                self._segment_popularity(after.segment))
             if event.type is not EventType.impression:
                 last_event[event.user_id] = event
         segment_changes = []

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference.catalog import Popularity
-from inference.popularity_shares import LEGACY_SHARE, SHARES, PopularityShares, combine
+from inference.popularity_shares import LEGACY_SHARE, SHARES, PopularityShares, combine, combine_all, segment_share
 from inference.profiles import EVENT_WEIGHTS
 from inference.recommender import Recommender
 from inference.schemas import EventType
@@ -44,6 +44,16 @@ def test_shares_combine_to_what_one_counter_of_every_event_holds(stream):
         assert combine(snapshots, HALF_LIFE_S).top(3) == [i for i in whole.top(3)]
 
 
+def test_segment_shares_combine_apart_from_the_item_shares():
+    shares = {"0": {"a": [2.0, 10.0]}, "1": {"a": [1.0, 10.0]}, segment_share("0", "loyal"): {"b": [1.0, 10.0]},
+              segment_share("1", "loyal"): {"b": [3.0, 10.0], "a": [1.0, 10.0]}, segment_share("1", "new"): {"c": [1.0, 5.0]}}
+    items, by_segment = combine_all(shares, HALF_LIFE_S)
+    assert items.snapshot() == {"a": (3.0, 10.0)}
+    assert set(by_segment) == {"loyal", "new"}
+    assert by_segment["loyal"].snapshot() == {"b": (4.0, 10.0), "a": (1.0, 10.0)}
+    assert by_segment["new"].snapshot() == {"c": (1.0, 5.0)}
+
+
 def purchases(item: str, n: int, user: str) -> list:
     return [ev(k, f"{user}{k}", item) for k in range(n)]
 
@@ -76,6 +86,15 @@ def test_workers_rank_by_every_partitions_counts_after_a_flush(tmp_path: Path, t
         assert a.popularity.top(2) == b.popularity.top(2) == ["i1", "i2"]
         assert a.popularity.value("i1") == b.popularity.value("i1")
 
+        # Purchases per value segment are shared the same way.
+        for k, item in enumerate(["i3", "i4", "i4", "i4"]):  # counted for the segment before each purchase
+            a.process_events([ev(k, "regular", item, minutes=k)], shares=["2"])
+        assert a.segment_popularity and not b.segment_popularity
+        a.flush_state()
+        b.flush_state()
+        assert {seg: pop.snapshot() for seg, pop in b.segment_popularity.items()} == \
+               {seg: pop.snapshot() for seg, pop in a.segment_popularity.items()}
+
         # A restarted worker ranks by the shares in the store.
         c = Recommender(tiny_encoder, store, s)
         assert c.popularity.top(2) == ["i1", "i2"] and c.popularity.value("i1") == a.popularity.value("i1")
@@ -89,11 +108,15 @@ def test_a_store_with_one_popularity_blob_keeps_it_as_a_share(tmp_path: Path, ti
     try:
         first = Recommender(tiny_encoder, store, s)
         first.upsert_items(ITEMS)
-        first.blobs.put("popularity", {"i5": [4.0, 1_300_000_000.0]})  # as workers before shares wrote it
+        # As workers before shares wrote them: one blob each, overwritten by every worker.
+        first.blobs.put("popularity", {"i5": [4.0, 1_300_000_000.0]})
+        first.blobs.put("segment_popularity", {"loyal": {"i6": [2.0, 1_300_000_000.0]}})
         second = Recommender(tiny_encoder, store, s)
         assert second.popularity.top(1) == ["i5"] and second.popularity.value("i5") == 4.0
-        assert first.blobs.get("popularity") is None
-        assert PopularityShares(store).all() == {LEGACY_SHARE: {"i5": [4.0, 1_300_000_000.0]}}
-        assert store.count(SHARES) == 1
+        assert second.segment_popularity["loyal"].snapshot() == {"i6": (2.0, 1_300_000_000.0)}
+        assert first.blobs.get("popularity") is None and first.blobs.get("segment_popularity") is None
+        assert PopularityShares(store).all() == {LEGACY_SHARE: {"i5": [4.0, 1_300_000_000.0]},
+                                                 segment_share(LEGACY_SHARE, "loyal"): {"i6": [2.0, 1_300_000_000.0]}}
+        assert store.count(SHARES) == 2
     finally:
         store.close()

@@ -1,8 +1,9 @@
-"""Top-100 retrieval from the vector store (EdgeStore, exact search) beside numpy brute force.
+"""Top-100 retrieval from the vector store (EdgeStore) beside numpy brute force.
 
-For each size (random unit 384-d items with a realistic item payload: category among 50, price,
-in_stock 90% true, plus the title and text hash the worker stores), it measures, with and without
-the recommender's kind of filter (in_stock + category any_of 5 + price range):
+For each size (unit 384-d items clustered around one centre per 500 items, as a catalog's text
+embeddings cluster, with a realistic item payload: category among 50, price, in_stock 90% true,
+plus the title and text hash the worker stores; queries around the same centres), it measures,
+with and without the recommender's kind of filter (in_stock + category any_of 5 + price range):
 
 - EdgeStore.search: p50/p99 latency of one query and sequential QPS;
 - EdgeStore.search_ids with 32 queries per call (what the worker does per batch: ids and scores): QPS;
@@ -10,12 +11,15 @@ the recommender's kind of filter (in_stock + category any_of 5 + price range):
   filter as a boolean mask computed per query (the baseline), single and 32-query batches;
 - the engine alone (EdgeShard.query, bypassing the adapter), without and with the payload of the
   100 hits: where the time goes (the adapter always asks for payloads);
-- recall@100 of the store against exact numpy (exact search: should be 1.0);
+- recall@100 of the store against exact numpy (1.0 for exact search; with --index, the HNSW
+  graph's, at STREAMREC_QDRANT_HNSW_EF's default width);
 - the worker's own filter (in_stock + exclude the user's purchased items, 0/100/500 ids): the
   store beside numpy with the excluded rows masked, and the cost of building the filter alone.
 
-Usage: python -m bench.retrieval [--sizes 10000,100000] [--queries 100] [--repeats 3] [--blas-threads 1]
+Usage: python -m bench.retrieval [--sizes 10000,100000] [--queries 100] [--repeats 3] [--blas-threads 1] [--index]
 The 1M case is opt-in (--sizes 10000,100000,1000000): upserting takes minutes at ~10k/s.
+--index builds the HNSW index after the upsert (EdgeStore.build_index, what `streamrec index`
+runs; its time is printed, ~90 s at 100k items here) and measures search over it instead of exact.
 """
 
 from __future__ import annotations
@@ -43,16 +47,33 @@ CATEGORIES = 50
 BATCH = 32
 UPSERT_BATCH = 1000
 COLLECTION = "items"
+CLUSTER = 500  # items per centre
+SPREAD = 0.06  # per-dimension noise around a centre: cosine ~0.65 to it in 384-d
+
+
+def centres(n: int, seed: int) -> np.ndarray:
+    """One unit centre per CLUSTER items: HNSW on uniform random 384-d vectors finds ~15% of the
+    true top-100 (every point is about as far from a query as every other); text embeddings of
+    a catalog are nothing like that."""
+    rng = np.random.default_rng(seed + 10)
+    c = rng.standard_normal((max(n // CLUSTER, 1), DIM), dtype=np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def around(c: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` unit vectors, each near a random centre (cosine ~0.65 to it)."""
+    out = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 100_000):  # chunks: no float64 copy of the whole 1M matrix
+        m = min(100_000, n - start)
+        chunk = c[rng.integers(0, len(c), m)] + SPREAD * rng.standard_normal((m, DIM), dtype=np.float32)
+        out[start : start + m] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return out
 
 
 def make_items(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors (float32), category codes, prices and in-stock flags for `n` items."""
     rng = np.random.default_rng(seed)
-    vectors = np.empty((n, DIM), dtype=np.float32)
-    for start in range(0, n, 100_000):  # chunks: no float64 copy of the whole 1M matrix
-        chunk = rng.standard_normal((min(100_000, n - start), DIM), dtype=np.float32)
-        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
-        vectors[start : start + len(chunk)] = chunk
+    vectors = around(centres(n, seed), n, rng)
     # Category sizes follow a Zipf-like law, as shop catalogs do (a few large, many small).
     weights = 1.0 / np.arange(1, CATEGORIES + 1) ** 0.8
     category = rng.choice(CATEGORIES, size=n, p=weights / weights.sum()).astype(np.int32)
@@ -61,11 +82,10 @@ def make_items(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return vectors, category, price, in_stock
 
 
-def make_queries(n: int, seed: int) -> tuple[np.ndarray, list[tuple[np.ndarray, float, float]]]:
-    """Query vectors and, per query, a filter: 5 categories and a price range."""
+def make_queries(n: int, items: int, seed: int) -> tuple[np.ndarray, list[tuple[np.ndarray, float, float]]]:
+    """Query vectors (near the items' centres) and, per query, a filter: 5 categories and a price range."""
     rng = np.random.default_rng(seed + 1)
-    q = rng.standard_normal((n, DIM), dtype=np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q = around(centres(items, seed), n, rng)
     filters = []
     for _ in range(n):
         cats = np.sort(rng.choice(CATEGORIES, size=5, replace=False)).astype(np.int32)
@@ -116,12 +136,12 @@ def fill_store(store: EdgeStore, vectors, category, price, in_stock) -> float:
     return n / (spent + time.perf_counter() - t)
 
 
-def engine_request(q: np.ndarray, f: Filter | None, with_payload: bool) -> qe.QueryRequest:
+def engine_request(store: EdgeStore, q: np.ndarray, f: Filter | None, with_payload: bool) -> qe.QueryRequest:
     """The adapter's request, built here: what the engine alone costs, with or without payloads."""
     from inference.store import _edge_filter
 
     return qe.QueryRequest(limit=K, query=qe.Query.Nearest(q.tolist()), filter=_edge_filter(f),
-                           with_payload=with_payload, with_vector=False, params=qe.SearchParams(exact=True))
+                           with_payload=with_payload, with_vector=False, params=store.search_params)
 
 
 def blas_contention(vectors: np.ndarray, queries: np.ndarray, threads: int) -> str:
@@ -208,14 +228,20 @@ def run_exclusion(store: EdgeStore, n: int, vectors: np.ndarray, in_stock: np.nd
 
 
 def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, threads: int,
-             exclusion_rows: list[list[object]]) -> list[list[object]]:
+             exclusion_rows: list[list[object]], index: bool) -> list[list[object]]:
     t0 = time.perf_counter()
     vectors, category, price, in_stock = make_items(n, seed)
-    queries, filters = make_queries(n_queries, seed)
+    queries, filters = make_queries(n_queries, n, seed)
     root = workdir / f"store-{n}"
     store = EdgeStore(root)
     try:
         upsert_rate = fill_store(store, vectors, category, price, in_stock)
+        if index:
+            print(f"  … {n:,}: building the HNSW index", file=sys.stderr, flush=True)
+            built = store.build_index(COLLECTION)
+            note(f"{n:,} items: HNSW index built in {built['seconds']:,.1f} s (EdgeStore.build_index, "
+                 f"`streamrec index`): {built['indexed_vectors']:,} of {built['points']:,} vectors indexed, "
+                 f"{built['segments']} segments; searches use hnsw_ef {store.search_params.hnsw_ef}")
         shard = store._shard(COLLECTION)[0]  # the engine itself, to separate adapter cost (bench only)
         pass_share = float(np.mean([numpy_mask(category, price, in_stock, *f).mean() for f in filters]))
         note(f"{n:,} items: upserted at {upsert_rate:,.0f} points/s (adapter, batches of {UPSERT_BATCH}); "
@@ -241,7 +267,7 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                     exact = numpy_topk(vectors, queries[i], mask)
                     times["numpy"].append(time.perf_counter() - start)
                     for system, with_payload in (("engine", False), ("engine_p", True)):
-                        request = engine_request(queries[i], store_filter(*f) if filtered else None, with_payload)
+                        request = engine_request(store, queries[i], store_filter(*f) if filtered else None, with_payload)
                         start = time.perf_counter()
                         shard.query(request)
                         times[system].append(time.perf_counter() - start)
@@ -304,12 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blas-threads", type=int, default=1,
                    help="numpy's OpenBLAS threads for the baseline (default 1: 2 threads stall on a loaded 2-core box)")
     p.add_argument("--workdir", type=Path, default=None, help="where the temporary stores go (default: /tmp)")
+    p.add_argument("--index", action="store_true",
+                   help="build the HNSW index after the upsert and search over it (default: exact search)")
     args = p.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     threads = blas_threads(args.blas_threads)
 
-    started = header("Retrieval: EdgeStore exact top-100 vs numpy brute force")
-    note(f"{DIM}-d random unit vectors; top-{K}; {args.repeats} repetitions of the query set; "
+    started = header(f"Retrieval: EdgeStore {'HNSW' if args.index else 'exact'} top-100 vs numpy brute force")
+    note(f"{DIM}-d unit vectors around one centre per {CLUSTER} items (cosine ~0.65 to it), queries around the "
+         f"same centres; top-{K}; {args.repeats} repetitions of the query set; "
          f"numpy baseline with {threads} OpenBLAS thread(s)")
     note("filter = in_stock=true AND category any_of 5 (of 50, Zipf-sized) AND price in a range; "
          "numpy applies the same filter as a boolean mask computed per query (inside the timing)")
@@ -317,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     exclusion_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-", dir=args.workdir) as tmp:
         for n in sizes:
-            nq = min(args.queries, 50) if n >= 1_000_000 else args.queries
-            rows += run_size(n, nq, args.repeats, args.seed, Path(tmp), args.blas_threads, exclusion_rows)
+            # Exact search over 1M items is slow enough that fewer queries are asked there.
+            nq = min(args.queries, 50) if n >= 1_000_000 and not args.index else args.queries
+            rows += run_size(n, nq, args.repeats, args.seed, Path(tmp), args.blas_threads, exclusion_rows, args.index)
     table(
         ["items", "filter", "system", "p50 ms", "p99 ms", "QPS (1 query/call)", f"QPS ({BATCH}/call)",
          "QPS vs numpy", "recall@100"],

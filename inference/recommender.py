@@ -890,6 +890,7 @@ def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> Vect
                 api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
                 data_dir=settings.data_dir,
                 timeout_s=settings.qdrant_timeout_s,
+                hnsw_ef=settings.qdrant_hnsw_ef,
             )
         except StoreUnavailable as exc:
             if time.monotonic() + delay > deadline:

@@ -28,6 +28,11 @@ class InferenceSettings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(default=None, description="Qdrant API key.")
     qdrant_timeout_s: float = Field(default=10.0, gt=0, description="Qdrant request timeout.")
+    qdrant_hnsw_ef: int = Field(
+        default=128, ge=1, le=4096,
+        description="HNSW search width: candidates kept in view per query over indexed segments (a server's, or "
+                    "the embedded engine's after `streamrec index`). Higher: better recall, slower search.",
+    )
     store_wait_s: float = Field(
         default=300.0, ge=0,
         description="At start, how long to keep retrying a vector store that is unreachable or locked.",

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,6 +61,8 @@ __all__ = [
 # Fixed forever: stored point ids are derived from it (uuid5(NAMESPACE_URL, "streamrec:point-id")).
 ID_NAMESPACE = uuid.UUID("22c787ed-2123-5ea4-b0fc-f795d7e7bfe2")
 KEY_FIELD = "_key"
+# How many candidates an HNSW search keeps in view (STREAMREC_QDRANT_HNSW_EF); see bench/retrieval.py --index.
+DEFAULT_HNSW_EF = 128
 MAX_KNOWN_KEYS = 1_000_000
 """Point ids whose key the embedded store remembers for id-only searches (~200 B each)."""
 _NAMESPACE_BYTES = ID_NAMESPACE.bytes
@@ -244,6 +247,12 @@ class VectorStore(ABC):
     def count(self, name: str) -> int: ...
 
     @abstractmethod
+    def build_index(self, name: str) -> dict[str, Any]:
+        """Build the collection's HNSW index now (the embedded engine never builds one by itself;
+        a server builds its own in the background) and say what it holds: points, indexed
+        vectors, segments, seconds."""
+
+    @abstractmethod
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
         """Every point of the collection, fetched `batch` at a time, in no promised order."""
 
@@ -374,15 +383,18 @@ _EDGE_SCHEMA = {
 
 
 class EdgeStore(VectorStore):
-    """Embedded Qdrant Edge: one shard per collection under `root`, exact (brute-force) search.
+    """Embedded Qdrant Edge: one shard per collection under `root`.
 
     `root` is locked for the lifetime of the store: a second store on the same directory, in
-    this process or another, raises StoreUnavailable. HNSW is never built here
-    (`EdgeShard.optimize()` holds the GIL for minutes at 100k points).
+    this process or another, raises StoreUnavailable. Search is exact until `build_index` builds
+    a collection's HNSW graph; the worker never calls it (`EdgeShard.optimize()` holds the GIL:
+    90 s at 100k items here), `streamrec index` does, while no worker has the store open.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, hnsw_ef: int = DEFAULT_HNSW_EF) -> None:
         self.root = Path(root)
+        # Exact over plain segments (all of them until `build_index`), the graph over indexed ones.
+        self._search_params = qe.SearchParams(hnsw_ef=hnsw_ef)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_directory(self.root)
         self._shards: dict[str, tuple[qe.EdgeShard, int]] = {}  # open shards and their dims
@@ -627,8 +639,12 @@ class EdgeStore(VectorStore):
             entry = self._shards[name] = (shard, meta["dim"])
             return entry
 
-    @staticmethod
-    def _request(vector: list[float], limit: int, f: qe.Filter | None, with_vectors: bool,
+    @property
+    def search_params(self) -> qe.SearchParams:
+        """What every search asks the engine for (the HNSW width)."""
+        return self._search_params
+
+    def _request(self, vector: list[float], limit: int, f: qe.Filter | None, with_vectors: bool,
                  payload: bool = True) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=limit,
@@ -636,8 +652,18 @@ class EdgeStore(VectorStore):
             filter=f,
             with_payload=payload,
             with_vector=with_vectors,
-            params=qe.SearchParams(exact=True),
+            params=self._search_params,
         )
+
+    def build_index(self, name: str) -> dict[str, Any]:
+        with self._mutex:
+            shard, _ = self._shard(name)
+            start = time.perf_counter()
+            with _edge_errors(f"indexing {name!r}"):
+                shard.optimize()
+                info = shard.info()
+            return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count,
+                    "segments": info.segments_count, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _edge_point(record: Any, with_vectors: bool) -> Point:
@@ -715,11 +741,13 @@ class QdrantClientStore(VectorStore):
     keep it to small fixtures.
     """
 
-    def __init__(self, client: QdrantClient, *, where: str, local: bool) -> None:
+    def __init__(self, client: QdrantClient, *, where: str, local: bool, hnsw_ef: int = DEFAULT_HNSW_EF) -> None:
         from qdrant_client import models
 
         self._client: QdrantClient | None = client
         self._m = models
+        # Local mode searches exactly and warns on every query that is given search params.
+        self._search_params = None if local else models.SearchParams(hnsw_ef=hnsw_ef)
         self._where = where
         self._local = local
         self._dims: dict[str, int] = {}
@@ -844,6 +872,7 @@ class QdrantClientStore(VectorStore):
                 limit=limit,
                 with_payload=True,
                 with_vectors=with_vectors,
+                search_params=self._search_params,
             )
         return [self._hit(s, with_vectors) for s in response.points]
 
@@ -869,7 +898,8 @@ class QdrantClientStore(VectorStore):
         if limit <= 0 or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
         requests = [
-            self._m.QueryRequest(query=row.tolist(), filter=f, limit=limit, with_payload=payload)
+            self._m.QueryRequest(query=row.tolist(), filter=f, limit=limit, with_payload=payload,
+                                 params=self._search_params)
             for row, f in zip(matrix, row_filters, strict=True)
         ]
         with self._errors(f"searching {name!r}"):
@@ -880,6 +910,14 @@ class QdrantClientStore(VectorStore):
         client = self._open()
         with self._errors(f"counting {name!r}"):
             return client.count(name, exact=True).count
+
+    def build_index(self, name: str) -> dict[str, Any]:
+        """A server indexes in the background by its optimizer settings: report where it stands."""
+        client = self._open()
+        with self._errors(f"reading {name!r}"):
+            info = client.get_collection(name)
+        return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count,
+                "segments": info.segments_count, "seconds": 0.0}
 
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
         if batch <= 0:
@@ -988,7 +1026,8 @@ class QdrantClientStore(VectorStore):
 # --------------------------------------------------------------------------- factory
 
 
-def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0) -> VectorStore:
+def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0,
+               hnsw_ef: int = DEFAULT_HNSW_EF) -> VectorStore:
     """Open the store the settings ask for.
 
     url None or "": embedded Qdrant Edge under ``data_dir/"qdrant"``; ":memory:": qdrant-client's
@@ -996,12 +1035,12 @@ def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_
     Raises StoreUnavailable if the directory is locked or the server cannot be reached.
     """
     if not url:
-        return EdgeStore(Path(data_dir) / "qdrant")
+        return EdgeStore(Path(data_dir) / "qdrant", hnsw_ef=hnsw_ef)
 
     from qdrant_client import QdrantClient
 
     if url == ":memory:":
-        return QdrantClientStore(QdrantClient(location=":memory:"), where=":memory:", local=True)
+        return QdrantClientStore(QdrantClient(location=":memory:"), where=":memory:", local=True, hnsw_ef=hnsw_ef)
     if not re.match(r"https?://", url, re.IGNORECASE):
         raise ValueError(f"Qdrant url {url!r} must start with http:// or https:// (or be ':memory:' or empty)")
     client = QdrantClient(
@@ -1010,7 +1049,7 @@ def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_
         timeout=max(1, math.ceil(timeout_s)),
         check_compatibility=False,  # its probe only logs; ours below raises
     )
-    store = QdrantClientStore(client, where=url, local=False)
+    store = QdrantClientStore(client, where=url, local=False, hnsw_ef=hnsw_ef)
     try:
         with store._errors("connecting"):
             client.get_collections()

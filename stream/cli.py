@@ -107,6 +107,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    """Build the HNSW index of the served items collection: with no worker running, since the
+    embedded store has one user at a time and the build holds the process (90 s at 100k items)."""
+    from inference.recommender import ITEMS
+    from inference.settings import InferenceSettings
+    from inference.state_blobs import StateBlobs
+    from inference.store import StoreUnavailable, open_store
+
+    settings = InferenceSettings()
+    try:
+        store = open_store(url=settings.qdrant_url,
+                           api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                           data_dir=settings.data_dir, timeout_s=settings.qdrant_timeout_s,
+                           hnsw_ef=settings.qdrant_hnsw_ef)
+    except StoreUnavailable as exc:
+        print(f"streamrec index: {exc}; stop the worker that uses it first", file=sys.stderr)
+        return 1
+    with store:
+        serving = StateBlobs(store).get("serving") or {}
+        collection = args.collection or serving.get("collections", {}).get(serving.get("version"), ITEMS)
+        if not store.has_collection(collection):
+            print(f"streamrec index: no collection {collection!r} in {settings.qdrant_url or settings.data_dir}",
+                  file=sys.stderr)
+            return 1
+        print(f"indexing {collection} ({store.count(collection):,} points)...", flush=True)
+        result = store.build_index(collection)
+    print(f"{collection}: {result['indexed_vectors']:,} of {result['points']:,} vectors in the HNSW index, "
+          f"{result['segments']} segments, {result['seconds']} s")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -247,6 +278,10 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export the encoder to ONNX (cached) and print its folder")
     e.add_argument("--model-dir", default=None, help="a Hugging Face model folder (default: the shipped MiniLM)")
     e.set_defaults(func=_export)
+
+    ix = sub.add_parser("index", help="build the HNSW index of the served items collection (no worker running)")
+    ix.add_argument("--collection", default=None, help="another collection than the one being served")
+    ix.set_defaults(func=_index)
 
     d = sub.add_parser("demo", help="broker + worker + a replay of real data, then print what it recommends")
     d.add_argument("--customers", type=int, default=200, help="Online Retail customers to replay")

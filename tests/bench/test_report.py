@@ -52,7 +52,7 @@ def test_blas_threads_reads_back_what_it_sets():
 
 def test_numpy_topk_is_exact_and_respects_the_mask():
     vectors, category, price, in_stock = make_items(3000, seed=1)
-    queries, filters = make_queries(4, seed=1)
+    queries, filters = make_queries(4, 3000, seed=1)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     for q, f in zip(queries, filters):
         scores = vectors @ q

@@ -482,3 +482,48 @@ def test_unreachable_server_raises_store_unavailable_quickly(tmp_path):
         with pytest.raises(StoreUnavailable, match=url):
             open_store(url=url, api_key=None, data_dir=tmp_path, timeout_s=2.0)
         assert time.monotonic() - start < 2.0
+
+
+def clustered(n: int, dim: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around n // 200 centres, as a catalog's text embeddings cluster (HNSW on
+    uniform random vectors in 384-d finds a sixth of the true top-100: no real catalog is that),
+    and query vectors around the same centres."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((n // 200, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, len(centres), n + queries)] + 0.06 * rng.standard_normal((n + queries, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[:n], x[n:]
+
+
+def test_build_index_makes_search_approximate_and_keeps_it_current(tmp_path: Path) -> None:
+    """8,000 384-d points (12 MB: above the engine's indexing threshold): exact until indexed,
+    then HNSW with recall@100 near 1, with and without a filter; writes after it still count."""
+    n, dim = 8000, 384
+    vectors, queries = clustered(n, dim, 20)
+    cats = np.arange(n) % 5
+    with open_store(url=None, api_key=None, data_dir=tmp_path, hnsw_ef=128) as store:
+        store.ensure_collection(COLL, dim, keyword_fields=("cat",))
+        for lo in range(0, n, 1000):
+            store.upsert(COLL, [Point(f"p{i}", vectors[i], {"cat": f"c{cats[i]}"}) for i in range(lo, lo + 1000)])
+
+        def recall(filtered: bool) -> float:
+            found = []
+            for q in queries:
+                scores = vectors @ q
+                if filtered:
+                    scores[cats != 2] = -np.inf
+                exact = {f"p{i}" for i in np.argsort(-scores)[:100]}
+                hits = store.search(COLL, q, 100, filter=Filter(equals={"cat": "c2"}) if filtered else None)
+                found.append(len(exact & {h.id for h in hits}) / 100)
+            return float(np.mean(found))
+
+        assert recall(False) == recall(True) == 1.0  # exact before the index exists
+        built = store.build_index(COLL)
+        assert built["points"] == n and built["indexed_vectors"] == n and built["seconds"] >= 0
+        assert recall(False) >= 0.95 and recall(True) >= 0.95
+        # A point written or deleted after the build is found, or not, at once.
+        store.upsert(COLL, [Point("fresh", queries[0], {"cat": "c2"})])
+        store.delete(COLL, ["p0"])
+        assert store.search(COLL, queries[0], 1)[0].id == "fresh"
+        assert "p0" not in {h.id for h in store.search(COLL, vectors[0], 100)}

@@ -1,7 +1,7 @@
 """int8 copies of exported encoders: onnxruntime dynamic quantisation, checked against fp32.
 
-On this 2-core CPU the int8 graph embeds 2.4-7.5x as fast as torch eager, fp32 onnxruntime
-1.2-1.5x (bench/encoder.py), at a cosine of ~0.99 to the fp32 vectors. A quantized folder is a
+On this 2-core CPU the int8 graph embeds 2.3-9.3x as fast as torch eager and 2.0-2.8x as fast
+as fp32 onnxruntime (bench/reports/perf-20261130c), at a cosine of ~0.99 to the fp32 vectors. A quantized folder is a
 model version of its own (`<version>-int8`), so its vectors never share a collection with fp32
 ones and announce, swap and rollback treat it like any other version. Quantizing needs the onnx
 package (the `train` extra); serving a folder quantized already needs only onnxruntime.

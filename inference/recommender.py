@@ -877,6 +877,17 @@ def encoder_dir(settings: InferenceSettings) -> Path:
     return ensure_precision(onnx_dir, settings.encoder_precision, settings.data_dir / "models")
 
 
+def store_from(settings: InferenceSettings) -> VectorStore:
+    """The vector store the settings name (raises StoreUnavailable at once: see open_store_waiting)."""
+    return open_store(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        data_dir=settings.data_dir,
+        timeout_s=settings.qdrant_timeout_s,
+        hnsw_ef=settings.qdrant_hnsw_ef,
+    )
+
+
 def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> VectorStore:
     """Open the vector store, retrying with back-off for up to `store_wait_s` while it is
     unreachable (server) or locked by another process (embedded), so a restart during a rolling
@@ -885,13 +896,7 @@ def open_store_waiting(settings: InferenceSettings, *, sleep=time.sleep) -> Vect
     delay = 0.5
     while True:
         try:
-            return open_store(
-                url=settings.qdrant_url,
-                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                data_dir=settings.data_dir,
-                timeout_s=settings.qdrant_timeout_s,
-                hnsw_ef=settings.qdrant_hnsw_ef,
-            )
+            return store_from(settings)
         except StoreUnavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise

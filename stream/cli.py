@@ -110,17 +110,14 @@ def _export(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     """Build the HNSW index of the served items collection: with no worker running, since the
     embedded store has one user at a time and the build holds the process (90 s at 100k items)."""
-    from inference.recommender import ITEMS
+    from inference.recommender import ITEMS, store_from
     from inference.settings import InferenceSettings
     from inference.state_blobs import StateBlobs
-    from inference.store import StoreUnavailable, open_store
+    from inference.store import StoreUnavailable
 
     settings = InferenceSettings()
     try:
-        store = open_store(url=settings.qdrant_url,
-                           api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-                           data_dir=settings.data_dir, timeout_s=settings.qdrant_timeout_s,
-                           hnsw_ef=settings.qdrant_hnsw_ef)
+        store = store_from(settings)
     except StoreUnavailable as exc:
         print(f"streamrec index: {exc}; stop the worker that uses it first", file=sys.stderr)
         return 1

@@ -15,9 +15,9 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

@@ -19,7 +19,7 @@ counts per rebalance.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from inference.catalog import Popularity
 from inference.state_blobs import StateBlobs
@@ -34,14 +34,13 @@ LEGACY_SHARE = "legacy"
 Snapshot = Mapping[str, Sequence[float]]  # item id -> (decayed count, as of this event time)
 
 
-def combine(shares: Iterable[Snapshot], half_life_s: float, exclude: Collection[str] = ()) -> Popularity:
+def combine(shares: Iterable[Snapshot], half_life_s: float) -> Popularity:
     """One popularity from several shares: per item, each count decayed to the latest time any
     share counted it, and summed (the order of shares does not matter)."""
     combined = Popularity(half_life_s)
     for share in shares:
         for item_id, (count, updated) in share.items():
-            if item_id not in exclude:
-                combined.merge(item_id, float(count), float(updated))
+            combined.merge(item_id, float(count), float(updated))
     return combined
 
 
@@ -69,7 +68,7 @@ class PopularityShares:
         return self._blobs.get(share) or {}
 
     def put(self, share: str, counts: Snapshot) -> None:
-        self._blobs.put(share, {item_id: list(v) for item_id, v in counts.items()})
+        self._blobs.put(share, counts)  # JSON writes the (count, time) tuples as lists
 
     def all(self) -> dict[str, Snapshot]:
         return self._blobs.all()

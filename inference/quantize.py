@@ -46,11 +46,9 @@ class QuantizationMismatch(RuntimeError):
 
 
 def _quantizer_chatter(record: logging.LogRecord) -> bool:
-    """onnxruntime's quantiser logs to the root logger: one INFO line per tensor, and advice to
-    run shape pre-processing (meant for static, calibrated quantisation). Keep only its warnings
-    that say something about this graph."""
-    if record.name != "root":
-        return True
+    """onnxruntime's quantiser logs to the root logger (this filter sits on it, so it sees only
+    those records): one INFO line per tensor, and advice to run shape pre-processing (meant for
+    static, calibrated quantisation). Keep only its warnings that say something about this graph."""
     return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import shutil
 import sys
 import tempfile
@@ -39,7 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import MIN_REPEATS, blas_threads, footer, header, median, mib, note, percentiles, ratio, rss_bytes, spread, table
-from inference.store import EdgeStore, Filter, Point
+from inference.store import QUANTIZATIONS, EdgeStore, Filter, IndexParams, Point
 
 DIM = 384
 K = 100
@@ -191,8 +192,8 @@ def numpy_mask(category, price, in_stock, cats, lo, hi) -> np.ndarray:
 EXCLUDED = (0, 100, 500)  # purchased items a profile excludes (MAX_PURCHASED is 500)
 
 
-def run_exclusion(store: EdgeStore, n: int, vectors: np.ndarray, in_stock: np.ndarray, queries: np.ndarray,
-                  repeats: int, seed: int) -> list[list[object]]:
+def run_exclusion(store: EdgeStore, n: int, label: str, vectors: np.ndarray, in_stock: np.ndarray,
+                  queries: np.ndarray, repeats: int, seed: int) -> list[list[object]]:
     """The recommender's filter: in stock and not already bought (Filter.exclude_ids)."""
     from inference.store import _edge_filter
 
@@ -202,7 +203,7 @@ def run_exclusion(store: EdgeStore, n: int, vectors: np.ndarray, in_stock: np.nd
     for excluded in EXCLUDED:
         idx = [rng.choice(n, size=excluded, replace=False) for _ in range(nq)]
         filters = [Filter(equals={"in_stock": True}, exclude_ids=tuple(f"i{j}" for j in ix)) for ix in idx]
-        store_p50, build_p50, np_p50, recalls = [], [], [], []
+        store_p50, store_p99, build_p50, np_p50, recalls = [], [], [], [], []
         for rep in range(repeats):
             t_store, t_build, t_np = [], [], []
             for i in range(nq):
@@ -220,34 +221,109 @@ def run_exclusion(store: EdgeStore, n: int, vectors: np.ndarray, in_stock: np.nd
                 if rep == 0:
                     recalls.append(len({f"i{j}" for j in exact} & {h.id for h in hits}) / K)
             store_p50.append(percentiles([t * 1000 for t in t_store], (50,))[0])
+            store_p99.append(percentiles([t * 1000 for t in t_store], (99,))[0])
             build_p50.append(percentiles([t * 1000 for t in t_build], (50,))[0])
             np_p50.append(percentiles([t * 1000 for t in t_np], (50,))[0])
-        rows.append([f"{n:,}", f"{excluded:,}", spread(store_p50, 2), spread(build_p50, 2), spread(np_p50, 2),
+        rows.append([label, f"{excluded:,}", spread(store_p50, 2), spread(store_p99, 2), spread(build_p50, 2),
+                     spread(np_p50, 2),
                      ratio(median(store_p50), median(np_p50)), f"{np.mean(recalls):.4f}"])
     return rows
 
 
+SWEEP_DEFAULT = "ef=128,ef=256,ef=512,acorn=0.4,exact"
+
+
+def sweep_params(spec: str, adapter: qe.SearchParams) -> list[tuple[str, qe.SearchParams]]:
+    """Named engine search parameters from `ef=N`, `acorn=S` (ACORN below selectivity S, ef 128)
+    and `exact`; each keeps the adapter's quantization parameters (rescoring and oversampling)."""
+    rescore = adapter.quantization
+    out = []
+    for word in (w.strip() for w in spec.split(",") if w.strip()):
+        name, _, value = word.partition("=")
+        if name == "ef":
+            out.append((f"hnsw_ef {int(value)}", qe.SearchParams(hnsw_ef=int(value), quantization=rescore)))
+        elif name == "acorn":
+            out.append((f"hnsw_ef 128 + ACORN below {float(value):g}", qe.SearchParams(
+                hnsw_ef=128, quantization=rescore,
+                acorn=qe.AcornSearchParams(enable=True, max_selectivity=float(value)))))
+        elif name == "exact":
+            out.append(("exact", qe.SearchParams(exact=True)))
+        else:
+            raise SystemExit(f"--sweep: unknown entry {word!r} (ef=N, acorn=S, exact)")
+    return out
+
+
+def run_sweep(shard: qe.EdgeShard, label: str, params: list[tuple[str, qe.SearchParams]], queries: np.ndarray,
+              cases: list[tuple[str, list[Filter | None], list[set[str]]]], repeats: int) -> list[list[object]]:
+    """The engine alone (ids only) under each search parameter set, per filter kind: p50/p99, recall@100."""
+    from inference.store import _edge_filter, point_uuid
+
+    rows = []
+    for case, filters, exact_ids in cases:
+        expected = [{point_uuid(i) for i in ids} for ids in exact_ids]
+        edge_filters = [_edge_filter(f) for f in filters]
+        for name, sp in params:
+            p50, p99, recalls = [], [], []
+            for rep in range(repeats):
+                times = []
+                for i, q in enumerate(queries):
+                    request = qe.QueryRequest(limit=K, query=qe.Query.Nearest(q.tolist()), filter=edge_filters[i],
+                                              with_payload=False, with_vector=False, params=sp)
+                    start = time.perf_counter()
+                    hits = shard.query(request)
+                    times.append((time.perf_counter() - start) * 1000)
+                    if rep == 0:
+                        recalls.append(len(expected[i] & {str(h.id) for h in hits}) / max(len(expected[i]), 1))
+                p50.append(percentiles(times, (50,))[0])
+                p99.append(percentiles(times, (99,))[0])
+            rows.append([label, case, name, spread(p50, 2), spread(p99, 2),
+                         f"{np.mean(recalls):.4f} (min {np.min(recalls):.2f})"])
+            print(f"  … {label} sweep: {case}, {name} done", file=sys.stderr, flush=True)
+    return rows
+
+
+COMPLETE = "bench-complete.json"  # written into a kept store once it is filled (and indexed)
+
+
+def open_filled(root: Path, index: IndexParams, built_index: bool, n: int, data) -> tuple[EdgeStore, str]:
+    """The store under `root`, filled (and indexed) as asked: reused when an earlier run completed
+    it with the same items (same size, seed and parameters name the folder), else built now."""
+    marker = root / COMPLETE
+    if marker.is_file():
+        store = EdgeStore(root, index=index)
+        if store.count(COLLECTION) == n:
+            return store, f"reused from {root} (built by an earlier run: {marker.read_text().strip()})"
+        store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    store = EdgeStore(root, index=index)
+    upsert_rate = fill_store(store, *data)
+    how = f"upserted at {upsert_rate:,.0f} points/s (adapter, batches of {UPSERT_BATCH})"
+    if built_index:
+        print(f"  … {n:,}: building the HNSW index ({index.quantization})", file=sys.stderr, flush=True)
+        built = store.build_index(COLLECTION)
+        how += (f"; HNSW index built in {built['seconds']:,.1f} s (EdgeStore.build_index, `streamrec index`): "
+                f"{built['indexed_vectors']:,} of {built['points']:,} vectors indexed, {built['segments']} segments")
+    store.flush()
+    marker.write_text(json.dumps({"built": time.strftime("%Y-%m-%d %H:%M"), "how": how}) + "\n")
+    return store, how
+
+
 def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, threads: int,
-             exclusion_rows: list[list[object]], index: bool) -> list[list[object]]:
+             exclusion_rows: list[list[object]], sweep_rows: list[list[object]], index: bool,
+             params: IndexParams, sweep: str, keep: bool) -> list[list[object]]:
     t0 = time.perf_counter()
     vectors, category, price, in_stock = make_items(n, seed)
     queries, filters = make_queries(n_queries, n, seed)
-    root = workdir / f"store-{n}"
-    store = EdgeStore(root)
+    label = f"{n:,}, {params.quantization}" if index else f"{n:,}"
+    root = workdir / f"store-{n}-seed{seed}-{params.quantization if index else 'exact'}"
+    store, how = open_filled(root, params, index, n, (vectors, category, price, in_stock))
     try:
-        upsert_rate = fill_store(store, vectors, category, price, in_stock)
-        if index:
-            print(f"  … {n:,}: building the HNSW index", file=sys.stderr, flush=True)
-            built = store.build_index(COLLECTION)
-            note(f"{n:,} items: HNSW index built in {built['seconds']:,.1f} s (EdgeStore.build_index, "
-                 f"`streamrec index`): {built['indexed_vectors']:,} of {built['points']:,} vectors indexed, "
-                 f"{built['segments']} segments; searches use hnsw_ef {store.search_params.hnsw_ef}")
+        note(f"{label}: {how}; searches use {store.search_params}")
         shard = store._shard(COLLECTION)[0]  # the engine itself, to separate adapter cost (bench only)
         pass_share = float(np.mean([numpy_mask(category, price, in_stock, *f).mean() for f in filters]))
-        note(f"{n:,} items: upserted at {upsert_rate:,.0f} points/s (adapter, batches of {UPSERT_BATCH}); "
-             f"the filters let {pass_share:.1%} of the items through on average; "
+        note(f"{label}: the filters let {pass_share:.1%} of the items through on average; "
              f"process RSS {mib(rss_bytes()[0])}; setup {time.perf_counter() - t0:.0f} s")
-        note(f"{n:,} items: numpy unfiltered top-{K} with OpenBLAS at {blas_contention(vectors, queries, threads)}")
+        note(f"{label}: numpy unfiltered top-{K} with OpenBLAS at {blas_contention(vectors, queries, threads)}")
 
         rows = []
         for filtered in (False, True):
@@ -298,25 +374,43 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
             def p(system: str, q: int) -> list[float]:
                 return [percentiles(r, (q,))[0] for r in lat[system]]
 
-            label = "filtered" if filtered else "no filter"
+            kind = "filtered" if filtered else "no filter"
             names = (("store", "EdgeStore.search (adapter)"), ("engine_p", "EdgeShard.query + payload"),
                      ("engine", "EdgeShard.query, ids only"), ("numpy", "numpy brute force (baseline)"))
             for system, name in names:
                 rows.append([
-                    f"{n:,}", label, name,
+                    label, kind, name,
                     spread(p(system, 50), 2), spread(p(system, 99), 2),
                     spread(qps[system], 0), spread(qps[system + "_b"], 0) if qps[system + "_b"] else "–",
                     ratio(median(qps[system]), median(qps["numpy"])),
                     {"store": f"{np.mean(recalls):.4f} (min {np.min(recalls):.2f})", "numpy": "1 (exact)"}.get(system, "–"),
                 ])
-            print(f"  … {n:,} {label} done", file=sys.stderr, flush=True)
-        exclusion_rows += run_exclusion(store, n, vectors, in_stock, queries, repeats, seed)
+            print(f"  … {label} {kind} done", file=sys.stderr, flush=True)
+        exclusion_rows += run_exclusion(store, n, label, vectors, in_stock, queries, repeats, seed)
+        if sweep and index:
+            excluded = np.random.default_rng(seed + 3).choice(n, size=(n_queries, EXCLUDED[-1]))
+            masks = [numpy_mask(category, price, in_stock, *f) for f in filters]
+            worker_masks = []
+            for row in excluded:
+                m = in_stock.copy()
+                m[row] = False
+                worker_masks.append(m)
+            cases = [
+                ("category + price + in stock", [store_filter(*f) for f in filters],
+                 [{f"i{j}" for j in numpy_topk(vectors, q, m)} for q, m in zip(queries, masks)]),
+                (f"the worker's (in stock, {EXCLUDED[-1]} bought)",
+                 [Filter(equals={"in_stock": True}, exclude_ids=tuple(f"i{j}" for j in row)) for row in excluded],
+                 [{f"i{j}" for j in numpy_topk(vectors, q, m)} for q, m in zip(queries, worker_masks)]),
+                ("none", [None] * n_queries, [{f"i{j}" for j in numpy_topk(vectors, q, None)} for q in queries]),
+            ]
+            sweep_rows += run_sweep(shard, label, sweep_params(sweep, store.search_params), queries, cases, repeats)
         return rows
     finally:
         store.close()
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-        note(f"{n:,} items: store directory {mib(size)} on disk (apparent size)")
-        shutil.rmtree(root, ignore_errors=True)
+        note(f"{label}: store directory {mib(size)} on disk (apparent size)" + (f", kept in {root}" if keep else ""))
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
         del vectors
         gc.collect()
 
@@ -332,7 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where the temporary stores go (default: /tmp)")
     p.add_argument("--index", action="store_true",
                    help="build the HNSW index after the upsert and search over it (default: exact search)")
+    p.add_argument("--quantization", default="int8",
+                   help=f"with --index: comma-separated, each measured in turn ({', '.join(QUANTIZATIONS)}; "
+                        "default int8, STREAMREC_QDRANT_QUANTIZATION's default)")
+    p.add_argument("--oversampling", type=float, default=IndexParams.oversampling,
+                   help="with int8: candidates per hit taken from the quantized scores before rescoring "
+                        "(STREAMREC_QDRANT_OVERSAMPLING)")
+    p.add_argument("--sweep", default=SWEEP_DEFAULT,
+                   help=f"with --index: engine search parameters measured on the same queries per filter kind "
+                        f"(ef=N, acorn=S, exact; default {SWEEP_DEFAULT}; empty: none)")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the filled (and indexed) stores in this folder and reuse them in later runs with "
+                        "the same size, seed and quantization (the 1M index takes tens of minutes to build)")
     args = p.parse_args(argv)
+    quantizations = [q for q in args.quantization.split(",") if q] if args.index else ["none"]
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     threads = blas_threads(args.blas_threads)
 
@@ -344,21 +451,32 @@ def main(argv: list[str] | None = None) -> int:
          "numpy applies the same filter as a boolean mask computed per query (inside the timing)")
     rows: list[list[object]] = []
     exclusion_rows: list[list[object]] = []
+    sweep_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-", dir=args.workdir) as tmp:
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
         for n in sizes:
-            # Exact search over 1M items is slow enough that fewer queries are asked there.
-            nq = min(args.queries, 50) if n >= 1_000_000 and not args.index else args.queries
-            rows += run_size(n, nq, args.repeats, args.seed, Path(tmp), args.blas_threads, exclusion_rows, args.index)
+            for quantization in quantizations:
+                # Exact search over 1M items is slow enough that fewer queries are asked there.
+                nq = min(args.queries, 50) if n >= 1_000_000 and not args.index else args.queries
+                params = IndexParams(quantization=quantization, oversampling=args.oversampling)
+                rows += run_size(n, nq, args.repeats, args.seed, where, args.blas_threads, exclusion_rows,
+                                 sweep_rows, args.index, params, args.sweep, args.keep is not None)
     table(
         ["items", "filter", "system", "p50 ms", "p99 ms", "QPS (1 query/call)", f"QPS ({BATCH}/call)",
          "QPS vs numpy", "recall@100"],
         rows,
     )
     note("cells: median of the repetitions (min–max); recall from the first repetition, mean over queries")
-    table(["items", "excluded ids", "EdgeStore.search p50 ms", "of which building the filter (ms)",
+    table(["items", "excluded ids", "EdgeStore.search p50 ms", "p99 ms", "of which building the filter (ms)",
            "numpy p50 ms (mask)", "store ÷ numpy latency", "recall@100"], exclusion_rows)
     note("the worker's filter for a user: in_stock=true AND NOT has_id(purchased); building it hashes every "
          "excluded id to its point UUID (inference.store._edge_filter) on each query")
+    if sweep_rows:
+        table(["items, quantization", "filter", "engine search parameters", "p50 ms", "p99 ms", "recall@100"],
+              sweep_rows)
+        note("the engine alone (EdgeShard.query, ids only) on the same queries; recall against numpy's exact top-100 "
+             "under the same filter; the adapter's own parameters are the first table's")
     footer(started)
     return 0
 

@@ -86,7 +86,7 @@ from inference.segments import RfmCutoffs
 from inference.segments import score as rfm_score
 from inference.settings import InferenceSettings
 from inference.state_blobs import StateBlobs
-from inference.store import Filter, Point, StoreUnavailable, VectorStore, open_store
+from inference.store import Filter, IndexParams, Point, StoreUnavailable, VectorStore, open_store
 from inference.topics import Topics
 
 log = logging.getLogger("streamrec.recommender")
@@ -884,7 +884,9 @@ def store_from(settings: InferenceSettings) -> VectorStore:
         api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
         data_dir=settings.data_dir,
         timeout_s=settings.qdrant_timeout_s,
-        hnsw_ef=settings.qdrant_hnsw_ef,
+        index=IndexParams(hnsw_ef=settings.qdrant_hnsw_ef, quantization=settings.qdrant_quantization,
+                          oversampling=settings.qdrant_oversampling,
+                          acorn_max_selectivity=settings.qdrant_acorn_max_selectivity),
     )
 
 

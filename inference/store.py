@@ -47,6 +47,7 @@ __all__ = [
     "EdgeStore",
     "Filter",
     "Hit",
+    "IndexParams",
     "Point",
     "PointNotFound",
     "QdrantClientStore",
@@ -154,6 +155,44 @@ class Filter:
                 raise TypeError(f"Filter.ranges[{key!r}] must be a (lo, hi) pair; use None for an open end")
 
 
+QUANTIZATIONS = ("int8", "none")
+# int8 bounds from the 99% quantile of each segment's values (Qdrant's recommended setting).
+_INT8_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How indexed collections are built and searched (STREAMREC_QDRANT_*; bench/retrieval.py measures each).
+
+    - `hnsw_ef`: candidates an HNSW search keeps in view. Higher: better recall, slower.
+    - `quantization`: "int8" keeps a scalar-quantized copy of an indexed segment's vectors
+      (4x smaller); the graph walk scores with it and the hits are rescored with the originals.
+      `oversampling` x the asked limit is taken from the quantized scores before that rescoring,
+      so the originals pick the final top; at 1 the quantization error decides what is kept.
+    - `acorn_max_selectivity`: filters that pass less than this share of the points are searched
+      with ACORN (neighbours of neighbours), which keeps recall when a filter combines conditions
+      that no single field's extra graph links cover; 0 turns it off.
+
+    Plain (not yet indexed) segments are always searched exactly, so none of this changes
+    anything before `build_index`.
+    """
+
+    hnsw_ef: int = DEFAULT_HNSW_EF
+    quantization: str = "int8"
+    oversampling: float = 2.0
+    acorn_max_selectivity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hnsw_ef < 1:
+            raise ValueError(f"hnsw_ef must be at least 1, got {self.hnsw_ef}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
+        if self.oversampling < 1.0:
+            raise ValueError(f"oversampling must be at least 1, got {self.oversampling}")
+        if not 0.0 <= self.acorn_max_selectivity <= 1.0:
+            raise ValueError(f"acorn_max_selectivity must be within [0, 1], got {self.acorn_max_selectivity}")
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def point_uuid(id: str) -> str:
     """The Qdrant point id under which the caller's string `id` is stored: uuid5(ID_NAMESPACE, id).
@@ -250,7 +289,7 @@ class VectorStore(ABC):
     def build_index(self, name: str) -> dict[str, Any]:
         """Build the collection's HNSW index now (the embedded engine never builds one by itself;
         a server builds its own in the background) and say what it holds: points, indexed
-        vectors, segments, seconds."""
+        vectors, segments, whether they are quantized, seconds."""
 
     @abstractmethod
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
@@ -391,10 +430,17 @@ class EdgeStore(VectorStore):
     90 s at 100k items here), `streamrec index` does, while no worker has the store open.
     """
 
-    def __init__(self, root: Path, *, hnsw_ef: int = DEFAULT_HNSW_EF) -> None:
+    def __init__(self, root: Path, *, index: IndexParams = IndexParams()) -> None:
         self.root = Path(root)
+        self.index = index
         # Exact over plain segments (all of them until `build_index`), the graph over indexed ones.
-        self._search_params = qe.SearchParams(hnsw_ef=hnsw_ef)
+        self._search_params = qe.SearchParams(
+            hnsw_ef=index.hnsw_ef,
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
+            if index.quantization == "int8" else None,
+            acorn=qe.AcornSearchParams(enable=True, max_selectivity=index.acorn_max_selectivity)
+            if index.acorn_max_selectivity > 0 else None,
+        )
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_directory(self.root)
         self._shards: dict[str, tuple[qe.EdgeShard, int]] = {}  # open shards and their dims
@@ -630,18 +676,23 @@ class EdgeStore(VectorStore):
             if meta is None:
                 raise CollectionNotFound(f"collection {name!r} does not exist in {self.root}")
             path = self._dir(name) / _SHARD_DIR
+            quantization = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=_INT8_QUANTILE,
+                                                       always_ram=True) if self.index.quantization == "int8" else None
+            config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=meta["dim"], distance=qe.Distance.Cosine),
+                                   quantization_config=quantization)
             with _edge_errors(f"opening {path}"):
                 if (path / "edge_config.json").exists():
-                    shard = qe.EdgeShard.load(str(path))
+                    # A shard made without quantization gets it at its next `build_index`; "none"
+                    # leaves a shard's persisted choice as it is.
+                    shard = qe.EdgeShard.load(str(path), config if quantization is not None else None)
                 else:
-                    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=meta["dim"], distance=qe.Distance.Cosine))
                     shard = qe.EdgeShard.create(str(path), config)
             entry = self._shards[name] = (shard, meta["dim"])
             return entry
 
     @property
     def search_params(self) -> qe.SearchParams:
-        """What every search asks the engine for (the HNSW width)."""
+        """What every search asks the engine for (IndexParams)."""
         return self._search_params
 
     def _request(self, vector: list[float], limit: int, f: qe.Filter | None, with_vectors: bool,
@@ -662,8 +713,18 @@ class EdgeStore(VectorStore):
             with _edge_errors(f"indexing {name!r}"):
                 shard.optimize()
                 info = shard.info()
+            # What the engine persisted for the shard is what its segments were built with.
+            persisted = json.loads((self._dir(name) / _SHARD_DIR / "edge_config.json").read_text())
             return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count,
-                    "segments": info.segments_count, "seconds": round(time.perf_counter() - start, 1)}
+                    "segments": info.segments_count, "quantization": _quantization_name(persisted),
+                    "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _quantization_name(config: Mapping[str, Any] | None) -> str:
+    """"int8" for a scalar int8 quantization config (the engine's persisted JSON or a server's), else "none"."""
+    quantization = (config or {}).get("quantization_config", config) or {}
+    scalar = quantization.get("scalar") if isinstance(quantization, Mapping) else None
+    return "int8" if isinstance(scalar, Mapping) and str(scalar.get("type", "")).lower() == "int8" else "none"
 
 
 def _edge_point(record: Any, with_vectors: bool) -> Point:
@@ -741,13 +802,23 @@ class QdrantClientStore(VectorStore):
     keep it to small fixtures.
     """
 
-    def __init__(self, client: QdrantClient, *, where: str, local: bool, hnsw_ef: int = DEFAULT_HNSW_EF) -> None:
+    def __init__(self, client: QdrantClient, *, where: str, local: bool, index: IndexParams = IndexParams()) -> None:
         from qdrant_client import models
 
         self._client: QdrantClient | None = client
         self._m = models
+        self.index = index
+        int8 = index.quantization == "int8"
         # Local mode searches exactly and warns on every query that is given search params.
-        self._search_params = None if local else models.SearchParams(hnsw_ef=hnsw_ef)
+        self._search_params = None if local else models.SearchParams(
+            hnsw_ef=index.hnsw_ef,
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=index.oversampling) if int8 else None,
+            acorn=models.AcornSearchParams(enable=True, max_selectivity=index.acorn_max_selectivity)
+            if index.acorn_max_selectivity > 0 else None,
+        )
+        # Applies to collections this store creates; a server builds the quantized copy with the index.
+        self._quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=_INT8_QUANTILE, always_ram=True)) if int8 and not local else None
         self._where = where
         self._local = local
         self._dims: dict[str, int] = {}
@@ -770,7 +841,8 @@ class QdrantClientStore(VectorStore):
         with self._errors(f"creating collection {name!r}"):
             if not client.collection_exists(name):
                 try:
-                    client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE))
+                    client.create_collection(name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
+                                             quantization_config=self._quantization)
                 except Exception:  # another worker may have created it in between
                     if not client.collection_exists(name):
                         raise
@@ -917,7 +989,10 @@ class QdrantClientStore(VectorStore):
         with self._errors(f"reading {name!r}"):
             info = client.get_collection(name)
         return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count,
-                "segments": info.segments_count, "seconds": 0.0}
+                "segments": info.segments_count, "quantization": _quantization_name(
+                    info.config.quantization_config.model_dump(mode="json")
+                    if info.config.quantization_config is not None else None),
+                "seconds": 0.0}
 
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
         if batch <= 0:
@@ -1027,7 +1102,7 @@ class QdrantClientStore(VectorStore):
 
 
 def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_s: float = 10.0,
-               hnsw_ef: int = DEFAULT_HNSW_EF) -> VectorStore:
+               index: IndexParams = IndexParams()) -> VectorStore:
     """Open the store the settings ask for.
 
     url None or "": embedded Qdrant Edge under ``data_dir/"qdrant"``; ":memory:": qdrant-client's
@@ -1035,12 +1110,12 @@ def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_
     Raises StoreUnavailable if the directory is locked or the server cannot be reached.
     """
     if not url:
-        return EdgeStore(Path(data_dir) / "qdrant", hnsw_ef=hnsw_ef)
+        return EdgeStore(Path(data_dir) / "qdrant", index=index)
 
     from qdrant_client import QdrantClient
 
     if url == ":memory:":
-        return QdrantClientStore(QdrantClient(location=":memory:"), where=":memory:", local=True, hnsw_ef=hnsw_ef)
+        return QdrantClientStore(QdrantClient(location=":memory:"), where=":memory:", local=True, index=index)
     if not re.match(r"https?://", url, re.IGNORECASE):
         raise ValueError(f"Qdrant url {url!r} must start with http:// or https:// (or be ':memory:' or empty)")
     client = QdrantClient(
@@ -1049,7 +1124,7 @@ def open_store(*, url: str | None, api_key: str | None, data_dir: Path, timeout_
         timeout=max(1, math.ceil(timeout_s)),
         check_compatibility=False,  # its probe only logs; ours below raises
     )
-    store = QdrantClientStore(client, where=url, local=False, hnsw_ef=hnsw_ef)
+    store = QdrantClientStore(client, where=url, local=False, index=index)
     try:
         with store._errors("connecting"):
             client.get_collections()

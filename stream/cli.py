@@ -131,7 +131,7 @@ def _index(args: argparse.Namespace) -> int:
         print(f"indexing {collection} ({store.count(collection):,} points)...", flush=True)
         result = store.build_index(collection)
     print(f"{collection}: {result['indexed_vectors']:,} of {result['points']:,} vectors in the HNSW index, "
-          f"{result['segments']} segments, {result['seconds']} s")
+          f"{result['segments']} segments, vectors quantized: {result['quantization']}, {result['seconds']} s")
     return 0
 
 

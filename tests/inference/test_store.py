@@ -28,6 +28,7 @@ from inference.store import (
     CollectionNotFound,
     DimensionMismatch,
     Filter,
+    IndexParams,
     Point,
     PointNotFound,
     StoreError,
@@ -496,13 +497,16 @@ def clustered(n: int, dim: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
     return x[:n], x[n:]
 
 
-def test_build_index_makes_search_approximate_and_keeps_it_current(tmp_path: Path) -> None:
+@pytest.mark.parametrize("index", [IndexParams(), IndexParams(quantization="none"),
+                                   IndexParams(acorn_max_selectivity=0.4)], ids=["int8", "float", "acorn"])
+def test_build_index_makes_search_approximate_and_keeps_it_current(tmp_path: Path, index: IndexParams) -> None:
     """8,000 384-d points (12 MB: above the engine's indexing threshold): exact until indexed,
-    then HNSW with recall@100 near 1, with and without a filter; writes after it still count."""
+    then HNSW with recall@100 near 1, with and without a filter, for each kind of index and
+    search; writes after it still count."""
     n, dim = 8000, 384
     vectors, queries = clustered(n, dim, 20)
     cats = np.arange(n) % 5
-    with open_store(url=None, api_key=None, data_dir=tmp_path, hnsw_ef=128) as store:
+    with open_store(url=None, api_key=None, data_dir=tmp_path, index=index) as store:
         store.ensure_collection(COLL, dim, keyword_fields=("cat",))
         for lo in range(0, n, 1000):
             store.upsert(COLL, [Point(f"p{i}", vectors[i], {"cat": f"c{cats[i]}"}) for i in range(lo, lo + 1000)])
@@ -521,9 +525,39 @@ def test_build_index_makes_search_approximate_and_keeps_it_current(tmp_path: Pat
         assert recall(False) == recall(True) == 1.0  # exact before the index exists
         built = store.build_index(COLL)
         assert built["points"] == n and built["indexed_vectors"] == n and built["seconds"] >= 0
+        assert built["quantization"] == index.quantization
         assert recall(False) >= 0.95 and recall(True) >= 0.95
         # A point written or deleted after the build is found, or not, at once.
         store.upsert(COLL, [Point("fresh", queries[0], {"cat": "c2"})])
         store.delete(COLL, ["p0"])
         assert store.search(COLL, queries[0], 1)[0].id == "fresh"
         assert "p0" not in {h.id for h in store.search(COLL, vectors[0], 100)}
+
+
+def test_a_collection_built_without_quantization_gets_it_at_its_next_build(tmp_path: Path) -> None:
+    """Switching STREAMREC_QDRANT_QUANTIZATION to int8 reaches an existing embedded collection at
+    its next `streamrec index`; switching to none leaves a quantized one as it was built."""
+    n, dim = 8000, 384
+    vectors, queries = clustered(n, dim, 20)
+    with open_store(url=None, api_key=None, data_dir=tmp_path, index=IndexParams(quantization="none")) as store:
+        store.ensure_collection(COLL, dim)
+        store.upsert(COLL, [Point(f"p{i}", vectors[i], {}) for i in range(n)])
+        assert store.build_index(COLL)["quantization"] == "none"
+    with open_store(url=None, api_key=None, data_dir=tmp_path) as store:
+        built = store.build_index(COLL)
+        assert built["quantization"] == "int8" and built["indexed_vectors"] == n
+        exact = {f"p{i}" for i in np.argsort(-(vectors @ queries[0]))[:100]}
+        assert len(exact & {h.id for h in store.search(COLL, queries[0], 100)}) >= 95
+    with open_store(url=None, api_key=None, data_dir=tmp_path, index=IndexParams(quantization="none")) as store:
+        assert store.build_index(COLL)["quantization"] == "int8"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hnsw_ef=0), "hnsw_ef"),
+    (dict(quantization="int4"), "quantization"),
+    (dict(oversampling=0.5), "oversampling"),
+    (dict(acorn_max_selectivity=1.5), "acorn_max_selectivity"),
+])
+def test_index_params_refuse_what_the_engine_cannot_do(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IndexParams(**kwargs)

@@ -34,6 +34,7 @@ def test_index_builds_the_served_collection(data_dir: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "indexing items.v2 (300 points)" in out
     assert "of 300 vectors in the HNSW index" in out  # 300 8-d points: below the engine's threshold, none
+    assert "vectors quantized: int8" in out  # STREAMREC_QDRANT_QUANTIZATION's default
 
 
 def test_index_refuses_a_store_a_worker_holds(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

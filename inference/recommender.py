@@ -12,12 +12,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +52,7 @@ from inference.popularity_shares import (
     DEFAULT_SHARE,
     LEGACY_SHARE,
     PopularityShares,
+    Snapshot,
     combine,
     combine_all,
     segment_share,
@@ -94,6 +97,31 @@ log = logging.getLogger("streamrec.recommender")
 _REC_NAMESPACE = uuid.UUID("6f1c3a52-2b7e-4c1e-9d0a-5c2f7e8b9a10")
 SEGMENT_POPULAR = 20
 """Items per segment that count as "popular in your segment" for explanations."""
+
+
+USERS_PAGE = 256  # users read per step when groups are refreshed
+
+
+class UsersPage(NamedTuple):
+    vectors: list[np.ndarray]
+    segments: Counter[str]
+    next_offset: Any
+
+
+class UsersRead:
+    """The users collection read page by page: interest vectors and users per segment so far."""
+
+    def __init__(self) -> None:
+        self.vectors: list[np.ndarray] = []
+        self.segments: Counter[str] = Counter()
+        self.offset: Any = None
+
+    def add(self, page: UsersPage) -> bool:
+        """Take a page; whether there are more to read (from `offset`)."""
+        self.vectors += page.vectors
+        self.segments.update(page.segments)
+        self.offset = page.next_offset
+        return page.next_offset is not None
 
 
 def rec_id_for(trigger: str) -> str:
@@ -177,6 +205,9 @@ class Recommender:
         self.shares = PopularityShares(store)
         self._counting: dict[str, Popularity] = {}
         self._unwritten: set[str] = set()
+        # Counts made while a merge of the shares is computed elsewhere (write_state ->
+        # merge_popularity -> install_popularity): (item, weight, time, segment or None).
+        self._since_merge: list[tuple[str, float, float, str | None]] | None = None
         self.params = ProfileParams(
             long_term_half_life_s=settings.long_term_half_life_days * 86_400,
             session_half_life_s=settings.session_half_life_minutes * 60,
@@ -239,7 +270,7 @@ class Recommender:
             for segment, counts in legacy_by_segment.items():
                 self.shares.put(segment_share(LEGACY_SHARE, segment), counts)
             self.blobs.delete("segment_popularity")
-        self._merge_shares()
+        self.install_popularity(self.merge_popularity(self.shares.all()))
         topics = self.blobs.get(f"topics:{self.model_version}")
         self.topics, self.arms = None, {}
         if topics:
@@ -396,15 +427,22 @@ class Recommender:
         return CatalogChange(upserted=len(to_embed), unchanged=len(live) - len(to_embed), deleted=len(deleted))
 
     def flush_state(self) -> int:
-        """Write the popularity shares counted into since the last flush, then rank by every
-        worker's shares (inference/popularity_shares.py); bandit arms are saved with each batch
-        that changes them.
+        """Write this worker's popularity shares and flush the store, then rank by every
+        worker's shares (inference/popularity_shares.py); returns the items ranked. The worker
+        does the same in three steps so that only the writes hold its recommender thread."""
+        self.install_popularity(self.merge_popularity(self.write_state()))
+        return len(self.popularity.snapshot())
+
+    def write_state(self) -> dict[str, Snapshot]:
+        """Write the popularity shares counted into since the last flush, flush the store, and
+        return every share to merge (this worker's as counted so far); bandit arms are saved
+        with each batch that changes them.
 
         One point per share, not a payload write per item: the embedded engine keeps every
         overwritten version until it optimises (which it never does here), so writing thousands
         of item payloads every few seconds grew the worker by ~350 bytes per write (measured).
 
-        Then the store is flushed. The embedded engine truncates its write-ahead log and frees
+        The store is flushed: the embedded engine truncates its write-ahead log and frees
         overwritten payload blocks only on a flush; without one, every profile write stayed on
         disk and in memory (~6.7 KB per event) and each batch got slower, which is what made the
         30-minute soak fall behind (bench/reports/soak-20261129).
@@ -414,24 +452,38 @@ class Recommender:
         for share in set(self._counting) - self._unwritten:
             del self._counting[share]  # nothing counted since the last flush: its partition may have moved
         self._unwritten = set()
-        self._merge_shares()
         self.store.flush()
-        return len(self.popularity.snapshot())
-
-    def _merge_shares(self) -> None:
-        """Rank by every share in the store, this worker's own ones as counted so far."""
         shares = self.shares.all()
         shares.update((share, pop.snapshot()) for share, pop in self._counting.items())
-        self.popularity, self.segment_popularity = combine_all(shares, self.popularity.half_life_s)
+        self._since_merge = []
+        return shares
 
-    def _count(self, share: str, item_id: str, weight: float, ts: float, ranked: Popularity) -> None:
-        """Count into `share` (written at the next flush) and into `ranked`, what ranking reads."""
+    def merge_popularity(self, shares: Mapping[str, Snapshot]) -> tuple[Popularity, dict[str, Popularity]]:
+        """Item and per-segment popularity from the shares `write_state` returned. Reads no
+        recommender state, so the worker runs it off the recommender thread (it is the slow part:
+        a Python pass over every share's items)."""
+        return combine_all(shares, self.popularity.half_life_s)
+
+    def install_popularity(self, merged: tuple[Popularity, dict[str, Popularity]]) -> None:
+        """Rank by a merge from `merge_popularity`, with what was counted since its shares were read."""
+        items, segments = merged
+        for item_id, weight, ts, segment in self._since_merge or ():
+            (items if segment is None else segments.setdefault(segment, Popularity(items.half_life_s))).add(
+                item_id, weight, ts)
+        self.popularity, self.segment_popularity = items, segments
+        self._since_merge = None
+
+    def _count(self, share: str, item_id: str, weight: float, ts: float, segment: str | None = None) -> None:
+        """Count into `share` (written at the next flush) and into what ranking reads: item
+        popularity, or `segment`'s purchases."""
         counting = self._counting.get(share)
         if counting is None:  # first event of this partition since the last flush: go on from its share
             counting = self._counting[share] = combine([self.shares.get(share)], self.popularity.half_life_s)
         counting.add(item_id, weight, ts)
         self._unwritten.add(share)
-        ranked.add(item_id, weight, ts)
+        (self.popularity if segment is None else self._segment_popularity(segment)).add(item_id, weight, ts)
+        if self._since_merge is not None:
+            self._since_merge.append((item_id, weight, ts, segment))
 
     # ---- events ----------------------------------------------------------------------------
     def process_events(self, events: Sequence[Event], shares: Sequence[str] | None = None) -> list[Message]:
@@ -486,10 +538,9 @@ class Recommender:
                     arms_changed = True
                 profiles[event.user_id] = changed[event.user_id] = after
                 if record is not None and EVENT_WEIGHTS[event.type] > 0:
-                    self._count(share, record.item_id, EVENT_WEIGHTS[event.type], ts, self.popularity)
+                    self._count(share, record.item_id, EVENT_WEIGHTS[event.type], ts)
                 if record is not None and event.type is EventType.purchase and after.segment is not None:
-                    self._count(segment_share(share, after.segment), record.item_id, 1.0, ts,
-                                self._segment_popularity(after.segment))
+                    self._count(segment_share(share, after.segment), record.item_id, 1.0, ts, after.segment)
             if event.type is not EventType.impression:
                 last_event[event.user_id] = event
         segment_changes = []
@@ -592,17 +643,35 @@ class Recommender:
     # ---- interest groups and segments -------------------------------------------------------------
     def refresh_groups(self) -> dict:
         """Recompute the global interest groups from the stored user vectors and count users per
-        value segment (one scroll of the users collection; runs on a timer, off the event path)."""
-        vectors, counts = [], {}
-        for point in self.store.scroll(USERS, with_vectors=True):
+        value segment. The worker does the same in steps (`users_page` between event batches,
+        `fit_groups` off the recommender thread, then `install_groups`), so that a large users
+        collection never holds up events."""
+        read = UsersRead()
+        while read.add(self.users_page(read.offset)):
+            pass
+        return self.install_groups(read.segments, self.fit_groups(read.vectors, self.item_records()))
+
+    def users_page(self, offset: Any = None) -> UsersPage:
+        """One page of the users collection: interest vectors and users per value segment."""
+        points, next_offset = self.store.scroll_page(USERS, offset, batch=USERS_PAGE, with_vectors=True)
+        vectors, segments = [], Counter()
+        for point in points:
             segment, has_interest = segment_and_interest(point)
-            segment = segment or "prospect"
-            counts[segment] = counts.get(segment, 0) + 1
+            segments[segment or "prospect"] += 1
             if has_interest:
                 vectors.append(point.vector)
-        self.segment_counts = counts
-        fitted = InterestGroups.fit(np.asarray(vectors, dtype=np.float32), list(self.items.records()),
-                                    self.settings.interest_groups, time.time())
+        return UsersPage(vectors, segments, next_offset)
+
+    def item_records(self) -> list[ItemRecord]:
+        return list(self.items.records())
+
+    def fit_groups(self, vectors: Sequence[np.ndarray], items: Sequence[ItemRecord]) -> InterestGroups | None:
+        """k-means over user vectors (reads no recommender state: the worker runs it on another thread)."""
+        return InterestGroups.fit(np.asarray(vectors, dtype=np.float32), list(items),
+                                  self.settings.interest_groups, time.time())
+
+    def install_groups(self, counts: Mapping[str, int], fitted: InterestGroups | None) -> dict:
+        self.segment_counts = dict(counts)
         if fitted is not None:
             self.groups = fitted
         return self.status()

@@ -292,8 +292,19 @@ class VectorStore(ABC):
         vectors, segments, whether they are quantized, seconds."""
 
     @abstractmethod
+    def scroll_page(self, name: str, offset: Any = None, *, batch: int = 256,
+                    with_vectors: bool = False) -> tuple[list[Point], Any]:
+        """Up to `batch` points from `offset` (None: the start) and the offset of the next page
+        (None after the last): a long read done in short steps, between other work."""
+
     def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
         """Every point of the collection, fetched `batch` at a time, in no promised order."""
+        offset = None
+        while True:
+            points, offset = self.scroll_page(name, offset, batch=batch, with_vectors=with_vectors)
+            yield from points
+            if offset is None:
+                return
 
     @abstractmethod
     def flush(self) -> None:
@@ -609,19 +620,15 @@ class EdgeStore(VectorStore):
         with _edge_errors(f"counting {name!r}"):
             return shard.count(qe.CountRequest(exact=True))
 
-    def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
+    def scroll_page(self, name: str, offset: Any = None, *, batch: int = 256,
+                    with_vectors: bool = False) -> tuple[list[Point], Any]:
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
         shard, _ = self._shard(name)
-        offset = None
-        while True:
-            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
-            with _edge_errors(f"scrolling {name!r}"):
-                records, offset = shard.scroll(request)
-            for r in records:
-                yield _edge_point(r, with_vectors)
-            if offset is None:
-                return
+        request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=with_vectors)
+        with _edge_errors(f"scrolling {name!r}"):
+            records, offset = shard.scroll(request)
+        return [_edge_point(r, with_vectors) for r in records], offset
 
     # -- lifecycle
 
@@ -994,20 +1001,15 @@ class QdrantClientStore(VectorStore):
                     if info.config.quantization_config is not None else None),
                 "seconds": 0.0}
 
-    def scroll(self, name: str, *, batch: int = 256, with_vectors: bool = False) -> Iterator[Point]:
+    def scroll_page(self, name: str, offset: Any = None, *, batch: int = 256,
+                    with_vectors: bool = False) -> tuple[list[Point], Any]:
         if batch <= 0:
             raise ValueError(f"batch must be positive, got {batch}")
         client = self._open()
-        offset = None
-        while True:
-            with self._errors(f"scrolling {name!r}"):
-                records, offset = client.scroll(
-                    name, limit=batch, offset=offset, with_payload=True, with_vectors=with_vectors
-                )
-            for r in records:
-                yield self._point(r, with_vectors)
-            if offset is None:
-                return
+        with self._errors(f"scrolling {name!r}"):
+            records, offset = client.scroll(name, limit=batch, offset=offset, with_payload=True,
+                                            with_vectors=with_vectors)
+        return [self._point(r, with_vectors) for r in records], offset
 
     # -- lifecycle
 

@@ -120,3 +120,34 @@ def test_a_store_with_one_popularity_blob_keeps_it_as_a_share(tmp_path: Path, ti
         assert store.count(SHARES) == 2
     finally:
         store.close()
+
+
+def test_a_merge_made_off_the_recommender_thread_keeps_what_was_counted_meanwhile(tmp_path: Path, tiny_encoder):
+    """The worker writes its shares, merges them on another thread while batches go on, then
+    installs the merge: events counted in between (items and segments) are still in the ranking,
+    exactly as if everything had been flushed at once."""
+    s = engine_settings(tmp_path, exploration_rate=0.0)
+    stepped_store = open_store(url=None, api_key=None, data_dir=tmp_path / "stepped")
+    whole_store = open_store(url=None, api_key=None, data_dir=tmp_path / "whole")
+    try:
+        stepped, whole = Recommender(tiny_encoder, stepped_store, s), Recommender(tiny_encoder, whole_store, s)
+        before = purchases("i1", 3, "a") + [ev(k, "regular", "i3", minutes=k) for k in range(3)]
+        meanwhile = purchases("i2", 5, "b") + [ev(3 + k, "regular", "i4", minutes=3 + k) for k in range(2)]
+        for engine in (stepped, whole):
+            engine.upsert_items(ITEMS)
+            engine.process_events(before, shares=["0"] * len(before))
+        shares = stepped.write_state()
+        stepped.process_events(meanwhile, shares=["1"] * len(meanwhile))
+        stepped.install_popularity(stepped.merge_popularity(shares))
+        whole.process_events(meanwhile, shares=["1"] * len(meanwhile))
+        whole.flush_state()
+        assert stepped.popularity.snapshot() == whole.popularity.snapshot()
+        assert stepped.popularity.top(1) == ["i2"]  # counted only meanwhile
+        assert any("i4" in p.snapshot() for p in stepped.segment_popularity.values())  # likewise
+        assert {seg: p.snapshot() for seg, p in stepped.segment_popularity.items()} == \
+               {seg: p.snapshot() for seg, p in whole.segment_popularity.items()}
+        stepped.flush_state()  # and the next flush writes what was counted meanwhile
+        assert PopularityShares(stepped_store).get("1")["i2"][0] == 5 * EVENT_WEIGHTS[EventType.purchase]
+    finally:
+        stepped_store.close()
+        whole_store.close()

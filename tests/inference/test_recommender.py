@@ -332,3 +332,27 @@ def test_a_model_of_another_dimension_is_refused(engine, tmp_path):
 
     with pytest.raises(ValueError, match="dimension"):
         engine.plan_swap(Wide())
+
+
+def test_groups_read_page_by_page_equal_groups_read_at_once(engine, monkeypatch):
+    """The worker reads the users collection a page at a time between batches: the segment
+    counts and groups come out as from one read."""
+    import inference.recommender as recommender_module
+
+    for n in range(30):
+        engine.process_events([ev(0, f"g{n}", f"i{n % 20}"), ev(1, f"g{n}", f"i{(n + 8) % 20}", minutes=1)])
+    whole = engine.refresh_groups()
+    assert whole["interest_groups"]
+    monkeypatch.setattr(recommender_module, "USERS_PAGE", 7)
+    pages = 0
+    real_page = engine.users_page
+
+    def counted_page(offset=None):
+        nonlocal pages
+        pages += 1
+        return real_page(offset)
+
+    monkeypatch.setattr(engine, "users_page", counted_page)
+    paged = engine.refresh_groups()
+    assert pages == 5 and sum(paged["segments"].values()) == 30
+    assert paged["segments"] == whole["segments"] and paged["interest_groups"] == whole["interest_groups"]

@@ -561,3 +561,15 @@ def test_a_collection_built_without_quantization_gets_it_at_its_next_build(tmp_p
 def test_index_params_refuse_what_the_engine_cannot_do(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         IndexParams(**kwargs)
+
+
+def test_scroll_page_reads_every_point_once_in_short_steps(filled):
+    seen, offset, pages = [], None, 0
+    while True:
+        points, offset = filled.scroll_page(COLL, offset, batch=4)
+        assert len(points) <= 4
+        seen += [p.id for p in points]
+        pages += 1
+        if offset is None:
+            break
+    assert sorted(seen) == sorted(p.id for p in POINTS) and pages == 2

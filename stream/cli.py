@@ -109,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     """Build the HNSW index of the served items collection: with no worker running, since the
-    embedded store has one user at a time and the build holds the process (90 s at 100k items)."""
+    embedded store has one user at a time and the build holds the process (~20 s at 100k items)."""
     from inference.recommender import ITEMS, store_from
     from inference.settings import InferenceSettings
     from inference.state_blobs import StateBlobs

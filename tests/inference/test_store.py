@@ -573,3 +573,25 @@ def test_scroll_page_reads_every_point_once_in_short_steps(filled):
         if offset is None:
             break
     assert sorted(seen) == sorted(p.id for p in POINTS) and pages == 2
+
+
+def test_a_server_collection_is_created_with_the_int8_copy_unless_told_otherwise(tmp_path):
+    """Against a server the quantization is part of the collection the store creates (the server
+    builds the copy with its index), and build_index reports what the server says it has."""
+    from qdrant_client import models
+
+    from tests.fixtures.fault_fixtures import FakeQdrant
+
+    with FakeQdrant() as fake:
+        with open_store(url=fake.url, api_key=None, data_dir=tmp_path) as store:
+            store.ensure_collection(COLL, DIM)
+            created = fake.quantization[COLL]
+            assert isinstance(created, models.ScalarQuantization)
+            assert created.scalar.type == models.ScalarType.INT8 and created.scalar.always_ram
+            assert store.build_index(COLL)["quantization"] == "int8"
+        with open_store(url=fake.url, api_key=None, data_dir=tmp_path,
+                        index=IndexParams(quantization="none")) as store:
+            store.ensure_collection("plain", DIM)
+            assert "plain" not in fake.quantization and store.build_index("plain")["quantization"] == "none"
+            store.drop_collection(COLL)
+            assert COLL not in fake.quantization

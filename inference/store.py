@@ -193,6 +193,17 @@ class IndexParams:
             raise ValueError(f"acorn_max_selectivity must be within [0, 1], got {self.acorn_max_selectivity}")
 
 
+def _search_params(api: Any, index: IndexParams) -> Any:
+    """`index`'s search parameters in `api`, qdrant_edge or qdrant_client.models (same names)."""
+    return api.SearchParams(
+        hnsw_ef=index.hnsw_ef,
+        quantization=api.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
+        if index.quantization == "int8" else None,
+        acorn=api.AcornSearchParams(enable=True, max_selectivity=index.acorn_max_selectivity)
+        if index.acorn_max_selectivity > 0 else None,
+    )
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def point_uuid(id: str) -> str:
     """The Qdrant point id under which the caller's string `id` is stored: uuid5(ID_NAMESPACE, id).
@@ -446,13 +457,7 @@ class EdgeStore(VectorStore):
         self.root = Path(root)
         self.index = index
         # Exact over plain segments (all of them until `build_index`), the graph over indexed ones.
-        self._search_params = qe.SearchParams(
-            hnsw_ef=index.hnsw_ef,
-            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
-            if index.quantization == "int8" else None,
-            acorn=qe.AcornSearchParams(enable=True, max_selectivity=index.acorn_max_selectivity)
-            if index.acorn_max_selectivity > 0 else None,
-        )
+        self._search_params = _search_params(qe, index)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_directory(self.root)
         self._shards: dict[str, tuple[qe.EdgeShard, int]] = {}  # open shards and their dims
@@ -818,12 +823,7 @@ class QdrantClientStore(VectorStore):
         self.index = index
         int8 = index.quantization == "int8"
         # Local mode searches exactly and warns on every query that is given search params.
-        self._search_params = None if local else models.SearchParams(
-            hnsw_ef=index.hnsw_ef,
-            quantization=models.QuantizationSearchParams(rescore=True, oversampling=index.oversampling) if int8 else None,
-            acorn=models.AcornSearchParams(enable=True, max_selectivity=index.acorn_max_selectivity)
-            if index.acorn_max_selectivity > 0 else None,
-        )
+        self._search_params = None if local else _search_params(models, index)
         # Applies to collections this store creates; a server builds the quantized copy with the index.
         self._quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=_INT8_QUANTILE, always_ram=True)) if int8 and not local else None

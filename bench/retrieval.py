@@ -20,7 +20,7 @@ Usage: python -m bench.retrieval [--sizes 10000,100000] [--queries 100] [--repea
        [--index [--quantization int8,none] [--oversampling 2] [--sweep ef=128,ef=512,acorn=0.4,exact]] [--keep DIR]
 The 1M case is opt-in (--sizes 10000,100000,1000000): upserting takes minutes at ~13k/s.
 --index builds the HNSW index after the upsert (EdgeStore.build_index, what `streamrec index`
-runs; its time is printed: ~25 s at 100k items and 12 min at 1M here with int8) and measures
+runs; its time is printed: ~20 s at 100k items and 12 min at 1M here with int8) and measures
 search over it instead of exact, once per --quantization; --sweep adds the engine under other
 search parameters (HNSW width, ACORN, exact) on the same queries, per filter kind: the
 restrictive one above, the worker's (in stock, 500 bought) and none. --keep DIR keeps the stores

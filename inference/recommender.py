@@ -667,8 +667,8 @@ class Recommender:
 
     def fit_groups(self, vectors: Sequence[np.ndarray], items: Sequence[ItemRecord]) -> InterestGroups | None:
         """k-means over user vectors (reads no recommender state: the worker runs it on another thread)."""
-        return InterestGroups.fit(np.asarray(vectors, dtype=np.float32), list(items),
-                                  self.settings.interest_groups, time.time())
+        return InterestGroups.fit(np.asarray(vectors, dtype=np.float32), items, self.settings.interest_groups,
+                                  time.time())
 
     def install_groups(self, counts: Mapping[str, int], fitted: InterestGroups | None) -> dict:
         self.segment_counts = dict(counts)

@@ -44,8 +44,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import (MIN_REPEATS, footer, header, median, mib, note, percentiles, ratio, rss_bytes, rss_split,
-                          spread, table)
+from bench.report import (MIN_REPEATS, footer, header, median, mib, note, percentiles, process_tree, ratio,
+                          rss_bytes, rss_split, spread, table)
 from inference.recommender import encoder_dir
 from inference.schemas import Event
 from inference.settings import InferenceSettings
@@ -256,13 +256,21 @@ def stage_rows(phase: str, before: dict, after: dict, n: int, wall: float, cpu: 
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process and its descendants (the worker runs its recommender in a child)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_text(pid: int) -> str:
-    return f"{rss_split(pid)}, peak {mib(rss_bytes(pid)[1])}"
+    """Resident memory of a process and its descendants (peak: the sum of each one's)."""
+    return f"{rss_split(pid, tree=True)}, peak {mib(rss_bytes(pid, tree=True)[1])}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,9 +134,35 @@ def proc_status(pid: int | None = None) -> dict[str, int]:
     return fields
 
 
-def rss_bytes(pid: int | None = None) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process, in bytes: resident now and its peak."""
-    fields = proc_status(pid)
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (the worker and its recommender process)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            for task in os.listdir(f"/proc/{tree[i]}/task"):
+                with open(f"/proc/{tree[i]}/task/{task}/children") as f:
+                    tree.extend(int(c) for c in f.read().split())
+        except OSError:  # gone meanwhile
+            pass
+        i += 1
+    return tree
+
+
+def tree_status(pid: int) -> dict[str, int]:
+    """`proc_status` summed over the process and its descendants (peaks: the sum of each one's)."""
+    total: dict[str, int] = {}
+    for member in process_tree(pid):
+        try:
+            for key, value in proc_status(member).items():
+                total[key] = total.get(key, 0) + value
+        except OSError:
+            pass
+    return total
+
+
+def rss_bytes(pid: int | None = None, *, tree: bool = False) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process (`tree`: with its descendants), in bytes: resident now and its peak."""
+    fields = tree_status(pid) if tree and pid else proc_status(pid)
     return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
 
 
@@ -167,8 +193,8 @@ def blas_threads(n: int | None = None) -> int | None:
     return None
 
 
-def rss_split(pid: int | None = None) -> str:
+def rss_split(pid: int | None = None, *, tree: bool = False) -> str:
     """Resident memory split into anonymous (heap, owned) and file-backed (mapped files, reclaimable)."""
-    fields = proc_status(pid)
+    fields = tree_status(pid) if tree and pid else proc_status(pid)
     return (f"{mib(fields.get('VmRSS', 0))} (anonymous {mib(fields.get('RssAnon', 0))}, "
             f"file-backed {mib(fields.get('RssFile', 0))})")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.pipeline import cpu_seconds, stage_totals
-from bench.report import proc_status
+from bench.report import tree_status
 from inference.recommender import encoder_dir
 from inference.schemas import Event
 from inference.settings import InferenceSettings
@@ -56,9 +56,9 @@ BROKER_BATCHES_PER_PARTITION = 15_000
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory: VmRSS (all), RssAnon (heap: a leak shows here) or RssFile (mapped files,
-    e.g. the store's segments, which the kernel can drop)."""
-    return proc_status(pid).get(field, 0) / 2**20
+    """Resident memory of the worker and its recommender process: VmRSS (all), RssAnon (heap: a
+    leak shows here) or RssFile (mapped files, e.g. the store's segments, which the kernel can drop)."""
+    return tree_status(pid).get(field, 0) / 2**20
 
 
 def endless(events: list[Event], span_s: float):

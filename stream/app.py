@@ -1,8 +1,9 @@
-"""The Faust app: topics, agents, a timer and the HTTP views, wired around a `Recommender`.
+"""The Faust app: topics, agents, timers and the HTTP views, wired around the recommender's process.
 
 Thin by design: agents decode and validate raw bytes (rejects go to the dead-letter topic),
-hand accepted messages to the recommender in batches on one worker thread (so the event loop
-keeps heartbeating and answering HTTP), and publish what it returns.
+hand accepted messages in batches to the recommender, which runs in a child process of its own
+(stream/recommender_process.py: so the event loop keeps heartbeating, consuming and answering
+HTTP on another core), and publish the encoded messages it returns.
 """
 
 from __future__ import annotations
@@ -12,34 +13,19 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
 from faust.web import Request as WebRequest, Response, View
 
-from inference.recommender import ModelSwapError, Recommender, UsersRead, open_encoder
-from inference.schemas import (
-    DeadLetter,
-    ModelUpdate,
-    Erasure,
-    Event,
-    Intent,
-    Item,
-    Message,
-    Recommendation,
-    Request,
-    RequestFilters,
-    SegmentChange,
-    utcnow,
-)
+from inference.schemas import DeadLetter, Erasure, Event, Intent, Item, Message, ModelUpdate, Request, RequestFilters, utcnow
 from inference.store import StoreError
 from stream.batching import GrowingBatchStream
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
 from stream.metrics import CONTENT_TYPE, WorkerMetrics, WorkerState
 from stream.model_updates import ModelUpdateFollower
+from stream.recommender_process import Outgoing, RecommenderFailed, RecommenderProcess
 from stream.settings import TOPICS, StreamSettings
 from stream.status_page import STATUS_PAGE
 from stream.transport import StreamrecApp
@@ -68,7 +54,7 @@ async def acknowledged(pending: Sequence[asyncio.Future], timeout_s: float, what
         future.result()
 
 
-def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecApp:
+def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, default_k: int) -> StreamrecApp:
     app = StreamrecApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -97,7 +83,6 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     app.streamrec_state = state
     app.recommender = recommender
     limits = Limits(settings.max_message_bytes, settings.max_json_depth, settings.max_future_skew_s)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recommender")
 
     def raw_topic(name: str):
         return app.topic(
@@ -107,20 +92,17 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     topics = {name: raw_topic(name) for name in TOPICS}
     events_topic, items_topic = topics["events"], topics["items"]
     intents_topic, requests_topic = topics["intents"], topics["requests"]
-    recommendations_topic, deadletter_topic = topics["recommendations"], topics["deadletter"]
-    segments_topic = topics["segments"]
-    erasures_topic, erasures_confirmed_topic = topics["erasures"], topics["erasures-confirmed"]
+    deadletter_topic, erasures_topic = topics["deadletter"], topics["erasures"]
 
-    async def in_executor(fn: Callable, *args: Any):
-        """Run recommender work on its single thread; retry store outages without dropping input."""
+    async def in_executor(operation: str, *args: Any):
+        """Run a recommender operation in its process; retry store outages without dropping input."""
         delay = 0.5
         while True:
             try:
-                result = await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+                result = await asyncio.wrap_future(recommender.submit(operation, *args))
             except StoreError as exc:
                 state.healthy, state.last_error = False, f"vector store: {exc}"
                 log.warning("vector store unavailable, retrying in %.1fs: %s", delay, exc)
-                recommender.profiles.invalidate()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
                 continue
@@ -156,51 +138,52 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 await dead_letter(event, result)
         return accepted
 
-    async def process(accepted: list[tuple[Any, Message]], fn: Callable[..., Any], *, by_partition: bool = False):
+    async def process(accepted: list[tuple[Any, Message]], operation: str, *, by_partition: bool = False):
         """The whole batch in one call; if it fails for a reason other than the store, find the
         culprits one by one and dead-letter them, so one poisoned message never blocks the rest.
-        `by_partition`: `fn` also takes each message's partition (its popularity share)."""
+        `by_partition`: the operation also takes each message's partition (its popularity share).
+        Returns the result of each call that went through: one, or one per message."""
 
         def call(pairs: list[tuple[Any, Message]]):
             messages = [m for _, m in pairs]
             if by_partition:
-                return in_executor(fn, messages, [str(e.message.partition) for e, _ in pairs])
-            return in_executor(fn, messages)
+                return in_executor(operation, messages, [str(e.message.partition) for e, _ in pairs])
+            return in_executor(operation, messages)
 
         try:
-            return await call(accepted)
+            return [await call(accepted)]
+        except RecommenderFailed:  # not the messages' fault: the worker stops, nothing is acked
+            raise
         except Exception as exc:  # noqa: BLE001 - anything else is a bad message, isolate it
             log.warning("batch of %d failed (%r); retrying one by one", len(accepted), exc)
         results = []
         for event, message in accepted:
             try:
                 results.append(await call([(event, message)]))
+            except RecommenderFailed:
+                raise
             except Exception as exc:  # noqa: BLE001
                 await dead_letter(event, Rejected("processing_error", f"{type(exc).__name__}: {exc}"))
-        return _concat(results)
+        return results
 
-    async def publish(messages, published_at: dict[str, float] | None = None) -> None:
-        """Send recommendations and segment changes, then wait for the broker's acks: the batch's
-        offsets are acked only after this."""
-        recs = [m for m in messages or () if isinstance(m, Recommendation)]
-        changes = [m for m in messages or () if isinstance(m, SegmentChange)]
-        pending = [await recommendations_topic.send(key=rec.user_id.encode(), value=rec.to_bytes()) for rec in recs]
-        pending += [await segments_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in changes]
+    async def publish(messages: Sequence[Outgoing] | None, published_at: dict[str, float] | None = None) -> None:
+        """Send recommendations and segment changes (encoded by the recommender's process), then
+        wait for the broker's acks: the batch's offsets are acked only after this."""
+        messages = messages or ()
+        pending = [await topics[m.topic].send(key=m.key, value=m.value) for m in messages]
         await acknowledged(pending, settings.send_timeout_s, "recommendations and segment changes")
-        state.published += len(recs)
         now = time.time()
-        for rec in recs:
-            variant = rec.variant or "default"
-            state.slots[variant] += len(rec.items)
-            state.explored[variant] += sum(item.explore for item in rec.items)
-            if published_at and rec.trigger_event_id in published_at:
-                latency = max(now - published_at[rec.trigger_event_id], 0.0)
-                metrics.freshness.observe(latency)
-                state.freshness.append((now, latency))
-        for change in changes:
-            state.segment_changes[change.segment] += 1
-        if changes:
-            state.segments = dict(recommender.segment_counts)
+        for m in messages:
+            if m.topic == "recommendations":
+                state.published += 1
+                state.slots[m.variant] += m.slots
+                state.explored[m.variant] += m.explored
+                if published_at and m.trigger_event_id in published_at:
+                    latency = max(now - published_at[m.trigger_event_id], 0.0)
+                    metrics.freshness.observe(latency)
+                    state.freshness.append((now, latency))
+            elif m.topic == "segments":
+                state.segment_changes[m.segment] += 1
 
     async def until_done(what: str, body: Callable[[], Awaitable[None]]) -> None:
         """Retry a batch's whole handling until it succeeds. Faust acks a batch even when its
@@ -241,32 +224,30 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         return agent
 
     async def handle_items(accepted) -> None:
-        await process(accepted, recommender.upsert_items)
+        await process(accepted, "items")
         state.processed["item"] += len(accepted)
 
     async def handle_events(accepted) -> None:
         # Kafka's CreateTime of each event: freshness is measured from publication.
         published_at = {m.event_id: e.message.timestamp for e, m in accepted}
-        await publish(await process(accepted, recommender.process_events, by_partition=True), published_at)
+        answered = await process(accepted, "events", by_partition=True)
+        await publish([m for messages, _ in answered for m in messages], published_at)
+        for _, segment_counts in answered:
+            state.segments = segment_counts or state.segments
         for _, event in accepted:
             state.processed[f"event.{event.type.value}"] += 1
 
     async def handle_intents(accepted) -> None:
-        await publish(await process(accepted, recommender.seed_interests))
+        await publish(_flat(await process(accepted, "intents")))
         state.processed["intent"] += len(accepted)
 
-    def answer_requests(requests: Sequence[Request]):
-        return [recommender.recommend(r.user_id, k=r.k, filters=r.filters, request_id=r.request_id) for r in requests]
-
     async def handle_requests(accepted) -> None:
-        await publish(await process(accepted, answer_requests))
+        await publish(_flat(await process(accepted, "requests")))
         state.processed["request"] += len(accepted)
 
     async def handle_erasures(accepted) -> None:
-        confirmations = await process(accepted, recommender.erase_users)
         # Confirmed only once the store's delete returned and was flushed.
-        sent = [await erasures_confirmed_topic.send(key=c.user_id.encode(), value=c.to_bytes()) for c in confirmations]
-        await acknowledged(sent, settings.send_timeout_s, "erasure confirmations")
+        await publish(_flat(await process(accepted, "erasures")))
         state.processed["erasure"] += len(accepted)
 
     app.agent(erasures_topic, name="streamrec.on_erasures")(batches("erasures", Erasure, handle_erasures))
@@ -287,29 +268,16 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             except Exception as exc:  # noqa: BLE001 - e.g. no CREATE right: the operator made them
                 log.warning("could not create topic %s (%r); it must exist already", topic.get_topic_name(), exc)
 
-    # Periodic work that needs no recommender state runs here, so that the recommender thread is
-    # held only for short steps and a batch of events never waits behind a whole merge or fit
-    # (in-process, a flush held that thread 50-110 ms; reading the users for a groups refresh
-    # takes ~20 ms per 1,000 users, ~20 s at 1M).
-    maintenance_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maintenance")
-
-    async def off_path(fn: Callable, *args: Any):
-        return await asyncio.get_running_loop().run_in_executor(maintenance_executor, fn, *args)
-
+    # Periodic work: in the recommender's process, its slow parts (merging every worker's
+    # popularity shares, k-means over the users) on a thread there of their own, so that a batch
+    # of events never waits behind a whole merge or fit (in-process, a flush held the recommender
+    # 50-110 ms; reading the users for a groups refresh takes ~20 ms per 1,000 users).
     @app.timer(interval=settings.popularity_flush_s)
     async def persist_state():
-        shares = await in_executor(recommender.write_state)
-        merged = await off_path(recommender.merge_popularity, shares)
-        await in_executor(recommender.install_popularity, merged)
+        await in_executor("persist_state")
 
     async def refresh_groups() -> None:
-        """The users collection a page at a time between event batches, then k-means off the
-        recommender thread."""
-        read = UsersRead()
-        while read.add(await in_executor(recommender.users_page, read.offset)):
-            pass
-        fitted = await off_path(recommender.fit_groups, read.vectors, await in_executor(recommender.item_records))
-        summary = await in_executor(recommender.install_groups, read.segments, fitted)
+        summary = await in_executor("refresh_groups")
         state.segments = summary["segments"]
 
     @app.task
@@ -321,7 +289,6 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
     app.timer(interval=settings.groups_refresh_s)(refresh_groups)
 
     # ---- model rollout: follow streamrec.model-updates, swap with no gap in answering ----------
-    swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-swap")
     swap_lock = asyncio.Lock()
 
     async def apply_model_update(update: ModelUpdate) -> None:
@@ -330,18 +297,11 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
         async with swap_lock:
             if update.version == recommender.model_version:
                 return
-            loop = asyncio.get_running_loop()
             state.model_update = {"version": update.version, "status": "embedding", "reason": update.reason,
                                   "started_at": time.time()}
             log.info("model update: switching to %s (%s)", update.version, update.reason or "announced")
             try:
-                encoder = await loop.run_in_executor(swap_executor, open_encoder, recommender.settings,
-                                                     Path(update.path))
-                if encoder.version != update.version:
-                    raise ModelSwapError(f"{update.path} holds model {encoder.version}, not {update.version}")
-                plan = await in_executor(recommender.plan_swap, encoder, update.path)
-                vectors = await loop.run_in_executor(swap_executor, encoder.encode, plan.texts)
-                result = await in_executor(recommender.finish_swap, plan, vectors)
+                result = await in_executor("swap_model", update.path, update.version)
             except Exception as exc:  # noqa: BLE001 - a bad announcement must not stop the worker
                 log.error("model update to %s failed, still serving %s: %s", update.version,
                           recommender.model_version, exc)
@@ -415,7 +375,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
             if (denied := unauthorized(self, request)) is not None:
                 return denied
             try:
-                k = int(request.query.get("k", recommender.settings.default_k))
+                k = int(request.query.get("k", default_k))
                 filters = RequestFilters(
                     category=request.query.get("category"),
                     max_price=_float_or_none(request.query.get("max_price")),
@@ -425,8 +385,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 return self.json({"error": f"bad query parameter: {exc}"}, status=400)
             if not 1 <= k <= 200 or not 1 <= len(user_id) <= 128:
                 return self.json({"error": "k must be 1..200 and user_id 1..128 characters"}, status=400)
-            rec = await in_executor(lambda: recommender.recommend(user_id, k=k, filters=filters))
-            return self.json(rec.model_dump(mode="json", by_alias=True))
+            return self.json(await in_executor("recommend", user_id, k, filters))
 
     @app.page("/users/{user_id}")
     class UserView(View):
@@ -435,7 +394,7 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 return denied
             if not 1 <= len(user_id) <= 128:
                 return self.json({"error": "user_id must be 1..128 characters"}, status=400)
-            return self.json(await in_executor(lambda: recommender.describe_user(user_id)))
+            return self.json(await in_executor("describe_user", user_id))
 
     def assigned_partitions() -> int:
         try:
@@ -465,10 +424,10 @@ def build_app(settings: StreamSettings, recommender: Recommender) -> StreamrecAp
                 "freshness_last_60s": state.freshness_summary(),
                 "healthy": state.healthy and state.broker_error is None,
                 "model_version": recommender.model_version,
-                "items_cached": len(recommender.items),
+                "items_cached": recommender.items_cached,
                 "model_update": state.model_update,
                 "exploration_rate": {v: round(state.explored[v] / n, 4) for v, n in state.slots.items() if n},
-                **recommender.status(),
+                **await in_executor("status"),
             })
 
     return app
@@ -478,9 +437,5 @@ def _float_or_none(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def _concat(results: list) -> list:
-    out: list = []
-    for r in results:
-        if isinstance(r, list):
-            out.extend(r)
-    return out
+def _flat(results: list[list[Outgoing]]) -> list[Outgoing]:
+    return [m for messages in results for m in messages]

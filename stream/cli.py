@@ -16,30 +16,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import signal
+
     import faust
 
-    from inference.recommender import open_recommender
     from inference.settings import InferenceSettings
     from stream.app import build_app
+    from stream.recommender_process import RecommenderFailed, RecommenderProcess
     from stream.settings import StreamSettings
 
     stream_settings, inference_settings = StreamSettings(), InferenceSettings()
     # Faust runs in the data directory; with a Qdrant server nothing else would create it.
     inference_settings.data_dir.mkdir(parents=True, exist_ok=True)
-    recommender = open_recommender(inference_settings)
-    app = build_app(stream_settings, recommender)
+    # A recommender that dies stops the worker (its orchestrator restarts it): SIGTERM is Faust's
+    # orderly stop, which commits only what was answered.
+    recommender = RecommenderProcess(loglevel=args.loglevel,
+                                     on_death=lambda reason: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        recommender.start()
+    except RecommenderFailed as exc:
+        logging.getLogger("streamrec").error("%s", exc)
+        return 1
+    app = build_app(stream_settings, recommender, default_k=inference_settings.default_k)
     logging.getLogger("streamrec").info(
-        "worker: model %s (%s) on %s, store %s, broker %s",
-        recommender.model_version, recommender.encoder.precision, recommender.encoder.providers,
-        inference_settings.qdrant_url or inference_settings.data_dir, stream_settings.kafka_bootstrap_servers,
+        "worker: model %s (%s) on %s, store %s, broker %s", recommender.model_version, recommender.ready.precision,
+        list(recommender.ready.providers), inference_settings.qdrant_url or inference_settings.data_dir,
+        stream_settings.kafka_bootstrap_servers,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir))
     try:
         worker.execute_from_commandline()
     finally:
         # A clean stop persists the popularity counted since the last timer flush.
-        recommender.flush_state()
-        recommender.store.close()
+        recommender.close()
+        if recommender.died is not None:
+            raise SystemExit(1)
     return 0
 
 

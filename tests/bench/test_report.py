@@ -6,13 +6,16 @@ The benchmarks themselves are programs, not tests: nothing here runs one or look
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import numpy as np
 
 from bench.memory import DIM, Shop, state_fields, vector_chars
 from bench.pipeline import Wire
-from bench.report import blas_threads, percentiles, ratio, spread, table
+from bench.report import blas_threads, percentiles, process_tree, ratio, rss_bytes, spread, table
 from bench.retrieval import make_items, make_queries, numpy_mask, numpy_topk, numpy_topk_batch
 from inference.profile_store import profile_to_point
 from inference.schemas import Event, EventType
@@ -88,3 +91,19 @@ def test_wire_cycles_with_fresh_event_ids():
     ids = [m[0] for m in wire.take(7)]
     assert ids == ["e0", "e1", "e2", "e0~1", "e1~1", "e2~1", "e0~2"]
     assert len(set(ids)) == len(ids)
+
+
+def test_a_process_tree_counts_the_children_memory_too():
+    # A child that holds 64 MiB resident: the tree's memory must include it.
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = b'x' * (64 << 20); "
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        me = os.getpid()
+        assert child.pid in process_tree(me) and process_tree(child.pid) == [child.pid]
+        alone, tree = rss_bytes(me)[0], rss_bytes(me, tree=True)[0]
+        assert tree - alone >= 64 << 20
+    finally:
+        child.kill()
+        child.wait()

@@ -26,6 +26,20 @@ def loadavg() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of the machine so far, from /proc/stat: on a shared VM the
+    hypervisor's steal is the noise that makes two runs of the same code differ."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(fields[:8]), fields[7]  # user nice system idle iowait irq softirq steal
+
+
+_ticks_at_start = (0, 0)
+
+
 def header(title: str) -> float:
     """Print what ran, when, where and under what load; returns the start time (perf_counter)."""
     command = shlex.join([os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else sys.argv[0], *sys.argv[1:]])
@@ -36,6 +50,8 @@ def header(title: str) -> float:
           f"Python {platform.python_version()}")
     print(f"- code: {_git_state()}")
     print(f"- load average at start (1/5/15 min): {loadavg()}", flush=True)
+    global _ticks_at_start
+    _ticks_at_start = cpu_ticks()
     return time.perf_counter()
 
 
@@ -56,6 +72,9 @@ def _git_state() -> str:
 
 def footer(started: float) -> None:
     print(f"\n- load average at end (1/5/15 min): {loadavg()}")
+    total, stolen = (now - then for now, then in zip(cpu_ticks(), _ticks_at_start))
+    if total > 0:
+        print(f"- CPU time stolen by the hypervisor during the run: {stolen / total:.1%} of the machine's")
     print(f"- wall time: {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -51,6 +51,7 @@ from inference.schemas import Event
 from inference.settings import InferenceSettings
 from stream.broker import LocalBroker, free_port
 from stream.demo import RecommendationLog
+from stream.metrics import WORKER_STAGES
 from stream.replay import producer, publish, retail_events, retail_items
 from stream.settings import TOPICS
 from stream.worker_process import WorkerProcess
@@ -213,6 +214,10 @@ def consume_rate(bootstrap: str, topic: str, expected: int, validate: bool) -> f
 _METRIC = re.compile(r'^(streamrec_(?:stage|batch)_seconds_(?:sum|count))\{(\w+)="([^"]+)"\} ([0-9.eE+-]+)$')
 
 
+def spent_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {who: after[who] - before.get(who, 0.0) for who in after}
+
+
 def stage_totals(worker: WorkerProcess) -> dict[tuple[str, str], float]:
     out = {}
     for line in worker.get_text("/metrics").splitlines():
@@ -222,50 +227,84 @@ def stage_totals(worker: WorkerProcess) -> dict[tuple[str, str], float]:
     return out
 
 
-def stage_rows(phase: str, before: dict, after: dict, n: int, wall: float, cpu: float,
+def stage_rows(phase: str, before: dict, after: dict, n: int, wall: float, cpu: dict[str, float],
                recommendations: int = 0) -> list[list[object]]:
-    """Per stage of the worker: calls, ms per call, µs per message, share of the phase's wall time."""
+    """Per stage of the worker: calls, ms per call, µs per message, share of the phase's wall time.
+    The worker's own stages (WORKER_STAGES) add up to its batches; the recommender process's
+    stages add up to the `recommender` stage, less the pipe's round trip."""
+    def delta(metric: str, label: str) -> tuple[float, float]:
+        count = after.get((metric + "_count", label), 0.0) - before.get((metric + "_count", label), 0.0)
+        return count, after.get((metric + "_sum", label), 0.0) - before.get((metric + "_sum", label), 0.0)
+
+    def row(what: str, count: float, seconds: float) -> list[object]:
+        per_call = f"{seconds / count * 1000:.2f}" if count else "–"
+        return [phase, what, f"{int(count):,}" if count else "–", per_call, f"{seconds / n * 1e6:,.0f}",
+                f"{seconds / wall:.0%}"]
+
+    labels = {(metric, label) for metric, label in after if metric.endswith("_sum")}
     rows = []
-    batch_s = stages_s = 0.0
-    batches = 0.0
-    for (metric, label), value in sorted(after.items()):
-        if not metric.endswith("_sum"):
+    batches = batch_s = 0.0
+    for metric, label in sorted(labels):
+        if "batch" in metric:
+            count, seconds = delta(metric[:-4], label)
+            if count > 0:
+                batches, batch_s = batches + count, batch_s + seconds
+                rows.append(row(f"batch: {label}", count, seconds))
+    own_s = child_s = 0.0
+    child_rows = []
+    for metric, label in sorted(labels):
+        if "stage" not in metric:
             continue
-        count_key = (metric.replace("_sum", "_count"), label)
-        count = after.get(count_key, 0.0) - before.get(count_key, 0.0)
+        count, seconds = delta(metric[:-4], label)
         if count <= 0:
             continue
-        delta = value - before.get((metric, label), 0.0)
-        kind = "batch" if "batch" in metric else "stage"
-        if kind == "batch":
-            batch_s, batches = batch_s + delta, batches + count
+        if label in WORKER_STAGES:
+            own_s += seconds
+            rows.append(row(f"worker: {label}", count, seconds))
         else:
-            stages_s += delta
-        rows.append([phase, f"{kind}: {label}", f"{int(count):,}", f"{delta / count * 1000:.2f}",
-                     f"{delta / n * 1e6:,.0f}", f"{delta / wall:.0%}"])
+            child_s += seconds
+            child_rows.append(row(f"  recommender process: {label}", count, seconds))
     if batches:
-        rest = batch_s - stages_s
-        rows.append([phase, "batch minus stages (validate, profile maths, rank + explain, publish + acks)",
-                     f"{int(batches):,}", f"{rest / batches * 1000:.2f}", f"{rest / n * 1e6:,.0f}", f"{rest / wall:.0%}"])
+        rows.append(row("worker: rest of the batch (Faust, acks, scheduling)", 0, batch_s - own_s))
+    rows += child_rows
+    calls, call_s = delta("streamrec_stage_seconds", "recommender")
+    if calls:
+        rows.append(row("  recommender call minus its stages (pipe, pickles, the lane's queue)", 0, call_s - child_s))
+    if batches:
         rows.append([phase, "messages per batch", "–", "–", f"{n / batches:,.1f}", "–"])
         if recommendations:
             rows.append([phase, "recommendations (distinct users) per batch", "–", "–",
                          f"{recommendations / batches:,.1f}", "–"])
-    rows.append([phase, "worker process CPU (user+sys)", "–", "–", f"{cpu / n * 1e6:,.0f}", f"{cpu / wall:.0%} of one core"])
+    for who, seconds in cpu.items():
+        rows.append([phase, f"CPU (user+sys): {who}", "–", "–", f"{seconds / n * 1e6:,.0f}",
+                     f"{seconds / wall:.0%} of one core"])
     return rows
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads, none of its children); 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process and its descendants (the worker runs its recommender in a child)."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            with open(f"/proc/{member}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(map(_own_cpu_seconds, process_tree(pid)))
+
+
+def cpu_by_process(worker_pid: int, broker_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of each process competing for this machine's cores in the bench."""
+    worker = _own_cpu_seconds(worker_pid)
+    return {
+        "worker process (Kafka, validation, publishing)": worker,
+        "recommender process": cpu_seconds(worker_pid) - worker,
+        "broker": _own_cpu_seconds(broker_pid) if broker_pid else 0.0,
+        "this bench (producer, recommendation reader)": _own_cpu_seconds(os.getpid()),
+    }
 
 
 def rss_text(pid: int) -> str:
@@ -324,13 +363,13 @@ def main(argv: list[str] | None = None) -> int:
             kafka = producer(broker.bootstrap)
             phases: dict[str, list[Phase]] = {}
             try:
-                metrics0, cpu0 = stage_totals(worker), cpu_seconds(pid)
+                metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
                 t = time.perf_counter()
                 publish(kafka, PREFIX + "items", items, progress=False)
                 worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 900, "the catalog")
                 catalog_s = time.perf_counter() - t
                 breakdown = stage_rows("catalog", metrics0, stage_totals(worker), len(items), catalog_s,
-                                       cpu_seconds(pid) - cpu0)
+                                       spent_since(cpu0, cpu_by_process(pid, broker.pid)))
                 note(f"catalog: {len(items):,} items embedded and stored in {catalog_s:.1f} s "
                      f"({len(items) / catalog_s:,.0f} items/s); worker RSS {rss_text(pid)}")
                 run_phase(worker, kafka, recs, wire, 0, args.warmup_events)  # warm caches and the JIT-less paths
@@ -342,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  … {rate:,.0f}/s repetition {rep + 1} done", file=sys.stderr, flush=True)
 
                 for rep in range(args.repeats):
-                    metrics0, cpu0, published0 = stage_totals(worker), cpu_seconds(pid), worker.stats()["published"]
+                    metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
+                    published0 = worker.stats()["published"]
                     phase = run_phase(worker, kafka, recs, wire, 0, args.saturation_events)
                     phases.setdefault("saturation", []).append(phase)
                     # the settle wait after the phase is idle: it adds CPU-free wall time only
                     breakdown += stage_rows(f"saturation {rep + 1}", metrics0, stage_totals(worker), phase.n,
-                                            phase.busy_s, cpu_seconds(pid) - cpu0,
+                                            phase.busy_s, spent_since(cpu0, cpu_by_process(pid, broker.pid)),
                                             worker.stats()["published"] - published0)
                     print(f"  … saturation repetition {rep + 1} done", file=sys.stderr, flush=True)
                 final_rss = rss_text(pid)

@@ -167,10 +167,10 @@ def main() -> None:
                 batches = metrics.get(count_key, 0) - last_metrics.get(count_key, 0)
                 busy = metrics.get(batch_key, 0) - last_metrics.get(batch_key, 0)
                 row["worker_batch_ms"] = round(1000 * busy / batches, 2) if batches else None
-                # The part spent in streamrec's own stages (the rest: validation, ranking and
-                # explanations, and waiting for the broker to acknowledge what was published).
-                stages = sum(metrics.get(("streamrec_stage_seconds_sum", st), 0)
-                             - last_metrics.get(("streamrec_stage_seconds_sum", st), 0) for st in ("load", "retrieve", "save"))
+                # The part spent in the recommender process (the rest: validation, and waiting for
+                # the broker to acknowledge what was published).
+                stages = (metrics.get(("streamrec_stage_seconds_sum", "recommender"), 0)
+                          - last_metrics.get(("streamrec_stage_seconds_sum", "recommender"), 0))
                 row["worker_stages_ms"] = round(1000 * stages / batches, 2) if batches else None
                 row["worker_cpu_pct"] = round(100 * (cpu - last_cpu) / args.every, 1)
                 row["broker_cpu_pct"] = round(100 * (broker_cpu - last_broker_cpu) / args.every, 1)

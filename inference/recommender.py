@@ -505,6 +505,35 @@ class Recommender:
         before = dict(profiles)
         queries = [e for e in events if e.type is EventType.search and e.query]
         query_vectors = dict(zip((e.event_id for e in queries), self._encode([e.query for e in queries])))
+        with self._stage("fold"):
+            changed, last_event, arms_changed = self._fold(events, shares, profiles, records, query_vectors)
+            segment_changes = []
+            for user_id, profile in changed.items():
+                profile, change = self._resegment(profile, before[user_id].segment)
+                if change is not None:
+                    profiles[user_id] = changed[user_id] = profile
+                    segment_changes.append(change)
+        users = list(last_event)
+        answered = self._recommend_many(
+            [profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users),
+            rec_ids=[rec_id_for(f"event:{last_event[u].event_id}") for u in users],
+        )
+        recs = []
+        for user_id, (rec, explored) in zip(users, answered):
+            if explored:
+                profiles[user_id] = changed[user_id] = self._with_explored(profiles[user_id], explored)
+            recs.append(rec.model_copy(update={"trigger_event_id": last_event[user_id].event_id}))
+        with self._stage("save"):
+            self._save_profiles(list(changed.values()))
+            if arms_changed:
+                self._save_arms()
+        return [*recs, *segment_changes]
+
+    def _fold(self, events: Sequence[Event], shares: Sequence[str] | None, profiles: dict[str, Profile],
+              records: dict, query_vectors: dict[str, np.ndarray]) -> tuple[dict[str, Profile], dict[str, Event], bool]:
+        """Apply each event to its user's profile (in `profiles`), count popularity, and learn from
+        feedback on explored items. Returns the changed profiles, each user's last answerable
+        event, and whether the bandit's arms changed."""
         changed: dict[str, Profile] = {}
         last_event: dict[str, Event] = {}
         arms_changed = False
@@ -543,27 +572,7 @@ class Recommender:
                     self._count(segment_share(share, after.segment), record.item_id, 1.0, ts, after.segment)
             if event.type is not EventType.impression:
                 last_event[event.user_id] = event
-        segment_changes = []
-        for user_id, profile in changed.items():
-            profile, change = self._resegment(profile, before[user_id].segment)
-            if change is not None:
-                profiles[user_id] = changed[user_id] = profile
-                segment_changes.append(change)
-        users = list(last_event)
-        answered = self._recommend_many(
-            [profiles[u] for u in users], k=self.settings.default_k, filters=[None] * len(users),
-            rec_ids=[rec_id_for(f"event:{last_event[u].event_id}") for u in users],
-        )
-        recs = []
-        for user_id, (rec, explored) in zip(users, answered):
-            if explored:
-                profiles[user_id] = changed[user_id] = self._with_explored(profiles[user_id], explored)
-            recs.append(rec.model_copy(update={"trigger_event_id": last_event[user_id].event_id}))
-        with self._stage("save"):
-            self._save_profiles(list(changed.values()))
-            if arms_changed:
-                self._save_arms()
-        return [*recs, *segment_changes]
+        return changed, last_event, arms_changed
 
     def _segment_popularity(self, segment: str) -> Popularity:
         if segment not in self.segment_popularity:
@@ -777,68 +786,76 @@ class Recommender:
     ) -> list[tuple[Recommendation, list[ExploredSlot]]]:
         limit = max(self.settings.candidates, k)
         strategies = [self.strategy(p.user_id) for p in profiles]
-        queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
+        with self._stage("queries"):
+            queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
         flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
-        hits_by_index: dict[int, CandidatePool] = {}
+        found_per_query: list = []
         if flat:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 # Ids and scores only: title, category and price come from the item cache.
-                batch = self.store.search_ids(
+                found_per_query = self.store.search_ids(
                     self.items_collection, np.stack([q for _, q in flat]), limit,
                     filters=[store_filters[i] for i, _ in flat],
                 )
-            # An item found by several of a user's queries keeps its best similarity; candidates
-            # stay columns (CandidatePool) until ranking reads the few that can reach the top k.
-            per_user: dict[int, list] = {}
-            for (i, _), found in zip(flat, batch):
-                per_user.setdefault(i, []).append(found)
-            merged = {i: best_per_item(results) for i, results in per_user.items()}
-            wanted = {item_id for ids, _ in merged.values() for item_id in ids}
-            records = self.items.get_many(wanted)
-            for i, (ids, similarities) in merged.items():
-                found = list(map(records.get, ids))
-                if len(records) < len(wanted):  # some were deleted since the search
-                    kept = [j for j, r in enumerate(found) if r is not None]
-                    ids, similarities, found = [ids[j] for j in kept], [similarities[j] for j in kept], \
-                        [found[j] for j in kept]
-                hits_by_index[i] = CandidatePool(ids, similarities, found)
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
-        now = utcnow()
-        out = []
-        segment_popular: dict[str, frozenset[str]] = {}
-        for i, profile in enumerate(profiles):
-            strategy, rec_id = strategies[i], rec_ids[i]
-            candidates = hits_by_index[i] if i in hits_by_index else \
-                CandidatePool.of(self._popular_candidates(profile, filters[i], limit))
-            weights = strategy.weights
-            boost = self.settings.segment_price_boost.get(profile.segment or "", 0.0)
-            if boost:
-                weights = replace(weights, price=boost)
-            ranked = rank(
-                candidates,
-                k=k,
-                popularity=self.popularity.values(candidates.item_ids),
-                category_affinity=category_affinity(profile),
-                weights=weights,
-            )
-            slots, explored = self._explore(profile, ranked, k, strategy, topics, filters[i], queries[i], rec_id)
-            self.total_slots += len(slots)
-            self.explored_slots += len(explored)
-            evidence = self._evidence(profile, segment_popular)
-            items = []
-            for n, (entry, topic) in enumerate(slots, start=1):
-                c = entry.candidate
-                reason = explain(c.item_id, c.title, c.vector, evidence, entry.popularity,
-                                 explored_topic=topics.name(topic) if topic is not None and topics else None)
-                items.append(RecommendedItem(item_id=c.item_id, score=round(entry.score, 6), position=n,
-                                             reason=reason, explore=topic is not None))
-            out.append((
-                Recommendation(rec_id=rec_id, user_id=profile.user_id, items=items, model_version=self.model_version,
-                               variant=strategy.variant, generated_at=now),
-                explored,
-            ))
+        with self._stage("rank"):
+            hits_by_index = self._candidate_pools([i for i, _ in flat], found_per_query)
+            now = utcnow()
+            out = []
+            segment_popular: dict[str, frozenset[str]] = {}
+            for i, profile in enumerate(profiles):
+                strategy, rec_id = strategies[i], rec_ids[i]
+                candidates = hits_by_index[i] if i in hits_by_index else \
+                    CandidatePool.of(self._popular_candidates(profile, filters[i], limit))
+                weights = strategy.weights
+                boost = self.settings.segment_price_boost.get(profile.segment or "", 0.0)
+                if boost:
+                    weights = replace(weights, price=boost)
+                ranked = rank(
+                    candidates,
+                    k=k,
+                    popularity=self.popularity.values(candidates.item_ids),
+                    category_affinity=category_affinity(profile),
+                    weights=weights,
+                )
+                slots, explored = self._explore(profile, ranked, k, strategy, topics, filters[i], queries[i], rec_id)
+                self.total_slots += len(slots)
+                self.explored_slots += len(explored)
+                evidence = self._evidence(profile, segment_popular)
+                items = []
+                for n, (entry, topic) in enumerate(slots, start=1):
+                    c = entry.candidate
+                    reason = explain(c.item_id, c.title, c.vector, evidence, entry.popularity,
+                                     explored_topic=topics.name(topic) if topic is not None and topics else None)
+                    items.append(RecommendedItem(item_id=c.item_id, score=round(entry.score, 6), position=n,
+                                                 reason=reason, explore=topic is not None))
+                out.append((
+                    Recommendation(rec_id=rec_id, user_id=profile.user_id, items=items, model_version=self.model_version,
+                                   variant=strategy.variant, generated_at=now),
+                    explored,
+                ))
         return out
+
+    def _candidate_pools(self, owners: Sequence[int], found_per_query: Sequence) -> dict[int, CandidatePool]:
+        """Each user's candidates from the results of their queries (`owners[j]` is the user of
+        query j): an item found by several queries keeps its best similarity; candidates stay
+        columns (CandidatePool) until ranking reads the few that can reach the top k."""
+        per_user: dict[int, list] = {}
+        for i, found in zip(owners, found_per_query):
+            per_user.setdefault(i, []).append(found)
+        merged = {i: best_per_item(results) for i, results in per_user.items()}
+        wanted = {item_id for ids, _ in merged.values() for item_id in ids}
+        records = self.items.get_many(wanted)
+        pools = {}
+        for i, (ids, similarities) in merged.items():
+            found = list(map(records.get, ids))
+            if len(records) < len(wanted):  # some were deleted since the search
+                kept = [j for j, r in enumerate(found) if r is not None]
+                ids, similarities, found = [ids[j] for j in kept], [similarities[j] for j in kept], \
+                    [found[j] for j in kept]
+            pools[i] = CandidatePool(ids, similarities, found)
+        return pools
 
     def _evidence(self, profile: Profile, segment_popular: dict[str, frozenset[str]]) -> Evidence:
         records = self.items.get_many(r.item_id for r in profile.recent)

@@ -144,11 +144,11 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
         `by_partition`: the operation also takes each message's partition (its popularity share).
         Returns the result of each call that went through: one, or one per message."""
 
-        def call(pairs: list[tuple[Any, Message]]):
+        async def call(pairs: list[tuple[Any, Message]]):
             messages = [m for _, m in pairs]
-            if by_partition:
-                return in_executor(operation, messages, [str(e.message.partition) for e, _ in pairs])
-            return in_executor(operation, messages)
+            args = (messages, [str(e.message.partition) for e, _ in pairs]) if by_partition else (messages,)
+            with metrics.time_stage("recommender"):
+                return await in_executor(operation, *args)
 
         try:
             return [await call(accepted)]
@@ -170,8 +170,9 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
         """Send recommendations and segment changes (encoded by the recommender's process), then
         wait for the broker's acks: the batch's offsets are acked only after this."""
         messages = messages or ()
-        pending = [await topics[m.topic].send(key=m.key, value=m.value) for m in messages]
-        await acknowledged(pending, settings.send_timeout_s, "recommendations and segment changes")
+        with metrics.time_stage("publish"):
+            pending = [await topics[m.topic].send(key=m.key, value=m.value) for m in messages]
+            await acknowledged(pending, settings.send_timeout_s, "recommendations and segment changes")
         now = time.time()
         for m in messages:
             if m.topic == "recommendations":
@@ -213,7 +214,8 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
                 settings.batch_size, idle_s=settings.batch_window_s, max_wait_s=settings.batch_max_wait_s
             ):
                 async def body(batch=batch):
-                    accepted = await accept(batch, model)
+                    with metrics.time_stage("validate"):
+                        accepted = await accept(batch, model)
                     if accepted:
                         await handle(accepted)
 

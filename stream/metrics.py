@@ -19,6 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset itself
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Stages timed in the worker's own process; each batch is (about) their sum. All other stages
+# (load, encode, fold, queries, retrieve, rank, save, topics) run in the recommender process,
+# within `recommender` (which also holds the pipe's round trip).
+WORKER_STAGES = ("validate", "recommender", "publish")
 
 
 @dataclass
@@ -110,6 +114,10 @@ class WorkerMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
+
+    def time_stage(self, stage: str):
+        """A context manager that times a stage of the worker's own process."""
+        return self.stage.labels(stage).time()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ import pytest
 from inference.popularity_shares import PopularityShares
 from inference.schemas import DeadLetter, Event, EventType, Item, Recommendation, Request
 from inference.store import open_store
+from stream.metrics import WORKER_STAGES
 from kafka import KafkaAdminClient
 
 from tests.fixtures.fault_fixtures import wait_until
@@ -64,6 +65,7 @@ def test_events_answer_the_right_user_without_bought_or_deleted_items(deployment
     metrics = deployment.worker.get_text("/metrics")
     assert 'streamrec_events_processed_total{type="purchase"}' in metrics
     assert "streamrec_freshness_seconds_count" in metrics and 'stage="retrieve"' in metrics
+    assert all(f'stage="{stage}"' in metrics for stage in WORKER_STAGES)
 
 
 def test_bad_input_is_dead_lettered_with_its_bytes_and_the_good_is_processed(deployment):

@@ -118,10 +118,6 @@ def event_key(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
 
 
-def is_duplicate(profile: Profile, event_id: str) -> bool:
-    return event_key(event_id) in profile.seen_events
-
-
 def _bounded_append(values: tuple, value, limit: int) -> tuple:
     return (values + (value,))[-limit:]
 
@@ -153,7 +149,8 @@ def apply_event(
     params: ProfileParams,
 ) -> Profile:
     """Fold one event into a profile. A duplicate `event_id` returns the profile unchanged."""
-    if is_duplicate(profile, event_id):
+    key = event_key(event_id)
+    if key in profile.seen_events:
         return profile
     weight = EVENT_WEIGHTS[type]
     long_term, session = profile.long_term, profile.session
@@ -176,16 +173,18 @@ def apply_event(
     recent, purchased, rfm = profile.recent, profile.purchased, profile.rfm
     if item_id is not None and type is not EventType.impression:
         recent = _bounded_append(tuple(r for r in recent if r.item_id != item_id), RecentItem(item_id, type, ts), MAX_RECENT)
-    rfm = replace(rfm, first_ts=ts if rfm.first_ts is None else min(rfm.first_ts, ts))
+    first_ts = ts if rfm.first_ts is None else min(rfm.first_ts, ts)
     if type is EventType.purchase and item_id is not None:
         if item_id not in purchased:
             purchased = _bounded_append(purchased, item_id, MAX_PURCHASED)
-        rfm = replace(
-            rfm,
+        rfm = Rfm(
+            first_ts=first_ts,
             last_purchase_ts=ts if rfm.last_purchase_ts is None else max(rfm.last_purchase_ts, ts),
             purchases=rfm.purchases + 1,
             monetary=rfm.monetary + quantity * (price or 0.0),
         )
+    elif first_ts != rfm.first_ts:
+        rfm = Rfm(first_ts, rfm.last_purchase_ts, rfm.purchases, rfm.monetary)
     return replace(
         profile,
         long_term=long_term,
@@ -195,7 +194,7 @@ def apply_event(
         categories_updated=categories_updated,
         recent=recent,
         purchased=purchased,
-        seen_events=_bounded_append(profile.seen_events, event_key(event_id), MAX_SEEN_EVENTS),
+        seen_events=_bounded_append(profile.seen_events, key, MAX_SEEN_EVENTS),
         rfm=rfm,
         events=profile.events + 1,
     )

@@ -24,6 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
     from stream.app import build_app
     from stream.recommender_process import RecommenderFailed, RecommenderProcess
     from stream.settings import StreamSettings
+    from stream.stop_deadline import DeadlineWorker
 
     stream_settings, inference_settings = StreamSettings(), InferenceSettings()
     # Faust runs in the data directory; with a Qdrant server nothing else would create it.
@@ -43,7 +44,8 @@ def _worker(args: argparse.Namespace) -> int:
         list(recommender.ready.providers), inference_settings.qdrant_url or inference_settings.data_dir,
         stream_settings.kafka_bootstrap_servers,
     )
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir))
+    worker = DeadlineWorker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir),
+                            stop_timeout_s=stream_settings.stop_timeout_s, on_overdue=recommender.close)
     try:
         worker.execute_from_commandline()
     finally:

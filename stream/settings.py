@@ -67,6 +67,11 @@ class StreamSettings(BaseSettings):
         "reports itself unhealthy and handles the batch again (nothing is acked before its answers are).",
     )
     session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer-group session timeout.")
+    stop_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest an orderly stop may take (e.g. leaving the group of an unreachable broker); then the "
+        "worker persists its recommender's state and exits with 1, unacked input to be consumed again.",
+    )
     heartbeat_interval_s: float = Field(default=1.0, gt=0, description="Consumer-group heartbeat interval.")
     auto_offset_reset: str = Field(
         default="earliest", pattern="^(earliest|latest)$", description="Where a new consumer group starts reading."

@@ -444,6 +444,14 @@ def test_worker_probes_use_health_on_the_http_port(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_worker_stop_deadline_ends_before_the_grace_period(rendered, overlay):
+    """An overdue stop must persist state and exit before Kubernetes' SIGKILL (stream/stop_deadline.py)."""
+    r = rendered[overlay]
+    grace = pod_spec(r.one("Deployment", "streamrec-worker"))["terminationGracePeriodSeconds"]
+    assert float(config_map(r)["STREAMREC_STOP_TIMEOUT_S"]) + 10 <= grace
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_workload_has_a_disruption_budget_and_a_network_policy(rendered, overlay):
     r = rendered[overlay]
     policies = r.of_kind("NetworkPolicy")

@@ -90,6 +90,8 @@ class Phase:
     e2e_rate: float = 0.0  # events processed / (first send -> last processed)
     drain_rate: float = float("nan")  # processed / s after the producer finished, from the backlog
     latencies_ms: list[float] = field(default_factory=list)
+    answer_ms: list[float] = field(default_factory=list)  # send -> the worker handed the answer to its producer
+    delivery_ms: list[float] = field(default_factory=list)  # that -> read by the bench
     matched: int = 0
     timed_out: bool = False
     busy_s: float = 0.0  # first send -> last event processed
@@ -176,6 +178,8 @@ def run_phase(worker: WorkerProcess, kafka, recs: RecommendationLog, wire: Wire,
     time.sleep(0.3)
     lat = [(recs.received[i] - t) * 1000 for i, t in sent.items() if i in recs.received]
     phase.latencies_ms, phase.matched = lat, len(lat)
+    phase.answer_ms = [(recs.published[i] - t) * 1000 for i, t in sent.items() if i in recs.published]
+    phase.delivery_ms = [(recs.received[i] - recs.published[i]) * 1000 for i in sent if i in recs.published]
     return phase
 
 
@@ -377,7 +381,14 @@ def main(argv: list[str] | None = None) -> int:
                 for rate in rates:
                     for rep in range(args.repeats):
                         n = int(rate * args.duration)
-                        phases.setdefault(f"{rate:,.0f}/s", []).append(run_phase(worker, kafka, recs, wire, rate, n))
+                        metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
+                        published0 = worker.stats()["published"]
+                        phase = run_phase(worker, kafka, recs, wire, rate, n)
+                        phases.setdefault(f"{rate:,.0f}/s", []).append(phase)
+                        if rep == 0:  # one repetition per rate: where a batch's time goes at that rate
+                            breakdown += stage_rows(f"{rate:,.0f}/s", metrics0, stage_totals(worker), phase.n,
+                                                    phase.busy_s, spent_since(cpu0, cpu_by_process(pid, broker.pid)),
+                                                    worker.stats()["published"] - published0)
                         print(f"  … {rate:,.0f}/s repetition {rep + 1} done", file=sys.stderr, flush=True)
 
                 for rep in range(args.repeats):
@@ -437,6 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     note("freshness: producer send() -> recommendation read by the bench's kafka-python consumer thread "
          "(includes the 5 ms producer linger and the reader's 10 ms fetch wait); matched share: events that were "
          "their user's last in a batch get a recommendation with their trigger_event_id")
+
+    split = []
+    for name, reps in phases.items():
+        cells = []
+        for values in ([r.answer_ms for r in reps], [r.delivery_ms for r in reps]):
+            cells += [spread([percentiles(v, (q,))[0] for v in values], 1) for q in (50, 99)]
+        split.append([name] + cells)
+    table(["phase", "to the worker's answer p50 ms", "p99 ms", "delivery p50 ms", "p99 ms"], split)
+    note("freshness split at the recommendation record's timestamp (when the worker's producer took it): "
+         "send() -> answer covers the producer's linger, the broker, the worker's fetch wait, batching and "
+         "handling; delivery covers the broker's ack and the reader's fetch wait")
 
     table(["phase", "where the worker's time goes", "calls", "ms per call", "µs per message", "share of wall"],
           breakdown)

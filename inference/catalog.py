@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -133,27 +134,77 @@ class ItemCache:
         return len(self._records)
 
 
+class _TopKeys:
+    """The `n` items with the highest rank keys, kept up to date as keys change one at a time.
+
+    Valid while keys only grow, which counting guarantees (a count plus a non-negative weight,
+    both decayed to the later time, never ranks lower): an item outside the top can only enter
+    when it is itself counted, by beating the lowest key inside. Lowest first in a heap whose
+    outdated entries (a member counted again) are skipped when they surface."""
+
+    def __init__(self, n: int, rank: dict[str, float]):
+        self.n = n
+        self.members = dict(heapq.nlargest(n, rank.items(), key=itemgetter(1)))
+        self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(key, item_id) for item_id, key in self.members.items()]
+        heapq.heapify(self._heap)
+
+    def _lowest(self) -> tuple[float, str]:
+        heap = self._heap
+        while self.members.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # outdated: the member was counted again since
+        return heap[0]
+
+    def grown(self, item_id: str, key: float) -> None:
+        """`item_id`'s key is now `key`, not lower than before."""
+        members = self.members
+        if item_id in members or len(members) < self.n:
+            members[item_id] = key
+            heapq.heappush(self._heap, (key, item_id))
+            if len(self._heap) > 4 * self.n + 64:
+                self._rebuild_heap()  # bounded: outdated entries of members counted often
+        elif self.n > 0 and key > self._lowest()[0]:
+            _, out = heapq.heappop(self._heap)
+            del members[out]
+            members[item_id] = key
+            heapq.heappush(self._heap, (key, item_id))
+
+    def ranked(self) -> list[str]:
+        return sorted(self.members, key=self.members.__getitem__, reverse=True)
+
+
 class Popularity:
     """Time-decayed interaction counts per item, decayed to the newest event time seen.
 
     Every count decays by the same factor, so the order of items never depends on "now": an
-    item's rank key log2(count) + updated / half_life is fixed until it is counted again. `top`
-    ranks by that key, without decaying every count on every call."""
+    item's rank key log2(count) + updated / half_life is fixed until it is counted again, and
+    counting only raises it. `top(n)` is kept up to date per `n` asked for (_TopKeys) instead of
+    ranking every counted item on each call: a top-n per segment per batch over every item
+    ever counted cost a large catalog more than the recommendation itself."""
 
     def __init__(self, half_life_s: float):
         self.half_life_s = half_life_s
         self._counts: dict[str, tuple[float, float]] = {}
         self._rank: dict[str, float] = {}
+        self._tops: dict[int, _TopKeys] = {}
         self.now = 0.0
 
-    def _set(self, item_id: str, count: float, updated: float) -> None:
+    def _set(self, item_id: str, count: float, updated: float, *, grown: bool) -> None:
+        """`grown`: the new key is not below the old one (counting), so the tops stay valid."""
         self._counts[item_id] = (count, updated)
-        self._rank[item_id] = (math.log2(count) if count > 0 else -math.inf) + updated / self.half_life_s
+        key = self._rank[item_id] = (math.log2(count) if count > 0 else -math.inf) + updated / self.half_life_s
+        if grown:
+            for top in self._tops.values():
+                top.grown(item_id, key)
+        else:
+            self._tops.clear()  # rebuilt on the next `top`
 
     def add(self, item_id: str, weight: float, ts: float) -> None:
         count, updated = self._counts.get(item_id, (0.0, ts))
         ref = max(ts, updated)
-        self._set(item_id, count * decay(ref - updated, self.half_life_s) + weight, ref)
+        self._set(item_id, count * decay(ref - updated, self.half_life_s) + weight, ref, grown=weight >= 0)
         self.now = max(self.now, ts)
 
     def merge(self, item_id: str, count: float, updated: float) -> None:
@@ -162,7 +213,7 @@ class Popularity:
         own, own_updated = self._counts.get(item_id, (0.0, updated))
         ref = max(updated, own_updated)
         self._set(item_id, own * decay(ref - own_updated, self.half_life_s) + count * decay(ref - updated, self.half_life_s),
-                  ref)
+                  ref, grown=count >= 0)
         self.now = max(self.now, ref)
 
     def value(self, item_id: str) -> float:
@@ -179,16 +230,31 @@ class Popularity:
         return pairs[:, 0] * 0.5 ** (age / self.half_life_s)
 
     def top(self, n: int) -> list[str]:
-        return heapq.nlargest(n, self._rank, key=self._rank.__getitem__)
+        """The `n` most popular items, most popular first."""
+        top = self._tops.get(n)
+        if top is None:
+            top = self._tops[n] = _TopKeys(n, self._rank)
+        return top.ranked()
+
+    def tops_kept(self) -> tuple[int, ...]:
+        """The n of each top kept up to date (asked for since the last change that reset them)."""
+        return tuple(self._tops)
+
+    def keep_tops(self, ns: Iterable[int]) -> None:
+        """Rank these tops now (one pass over every counted item each), to be kept up to date after."""
+        for n in ns:
+            self.top(n)
 
     def forget(self, item_id: str) -> bool:
         """Drop an item's count; whether there was one."""
         self._rank.pop(item_id, None)
+        for n in [n for n, top in self._tops.items() if item_id in top.members]:
+            del self._tops[n]  # an item below may move up: rebuilt on the next `top`
         return self._counts.pop(item_id, None) is not None
 
     def snapshot(self) -> dict[str, tuple[float, float]]:
         return dict(self._counts)
 
     def restore(self, item_id: str, count: float, updated: float) -> None:
-        self._set(item_id, count, updated)
+        self._set(item_id, count, updated, grown=False)
         self.now = max(self.now, updated)

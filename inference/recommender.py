@@ -461,8 +461,14 @@ class Recommender:
     def merge_popularity(self, shares: Mapping[str, Snapshot]) -> tuple[Popularity, dict[str, Popularity]]:
         """Item and per-segment popularity from the shares `write_state` returned. Reads no
         recommender state, so the worker runs it off the recommender thread (it is the slow part:
-        a Python pass over every share's items)."""
-        return combine_all(shares, self.popularity.half_life_s)
+        a Python pass over every share's items). The tops that ranking reads are ranked here
+        too, so the recommender thread only keeps them up to date."""
+        items, segments = combine_all(shares, self.popularity.half_life_s)
+        items.keep_tops(self.popularity.tops_kept())
+        for segment, popularity in segments.items():
+            current = self.segment_popularity.get(segment)
+            popularity.keep_tops(current.tops_kept() if current is not None else (SEGMENT_POPULAR,))
+        return items, segments
 
     def install_popularity(self, merged: tuple[Popularity, dict[str, Popularity]]) -> None:
         """Rank by a merge from `merge_popularity`, with what was counted since its shares were read."""

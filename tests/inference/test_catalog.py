@@ -36,6 +36,40 @@ def test_top_matches_ranking_by_the_decayed_value(log, n):
     assert pop.values(asked).tolist() == pytest.approx([pop.value(i) for i in asked], rel=1e-12)
 
 
+items = st.sampled_from([f"i{k}" for k in range(25)])
+times = st.floats(0, 60 * 86_400.0)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), items, st.sampled_from([0.0, 0.5, 1.0, 3.0]), times),
+        st.tuples(st.just("merge"), items, st.floats(0.0, 5.0), times),
+        st.tuples(st.just("restore"), items, st.floats(0.0, 5.0), times),
+        st.tuples(st.just("forget"), items),
+        st.tuples(st.just("top"), st.integers(1, 12)),
+    ),
+    min_size=1, max_size=150,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_top_kept_up_to_date_equals_ranking_everything_at_each_call(ops):
+    """`top` keeps each asked-for n current as items are counted, merged, restored and forgotten:
+    at every call it holds what ranking every counted item would give (ties in any order)."""
+    pop = Popularity(HALF_LIFE)
+    for op, *args in ops:
+        if op == "top":
+            [n] = args
+            top = pop.top(n)
+            keys = {i: pop._rank[i] for i in pop.snapshot()}
+            expected = sorted(keys.values(), reverse=True)[:n]
+            assert [keys[i] for i in top] == expected
+            assert len(set(top)) == len(top)
+        elif op == "forget":
+            pop.forget(*args)
+        else:
+            getattr(pop, op)(*args)
+
+
 def test_an_old_burst_ranks_below_steady_recent_interest():
     pop = Popularity(HALF_LIFE)
     for _ in range(8):

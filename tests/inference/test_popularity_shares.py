@@ -138,11 +138,19 @@ def test_a_merge_made_off_the_recommender_thread_keeps_what_was_counted_meanwhil
             engine.process_events(before, shares=["0"] * len(before))
         shares = stepped.write_state()
         stepped.process_events(meanwhile, shares=["1"] * len(meanwhile))
-        stepped.install_popularity(stepped.merge_popularity(shares))
+        stepped.popularity.top(5)  # as a user without candidates gets popular items
+        asked = stepped.popularity.tops_kept()
+        assert asked == (5,)
+        merged = stepped.merge_popularity(shares)
+        assert merged[0].tops_kept() == asked  # ranked off the recommender thread
+        stepped.install_popularity(merged)
         whole.process_events(meanwhile, shares=["1"] * len(meanwhile))
         whole.flush_state()
         assert stepped.popularity.snapshot() == whole.popularity.snapshot()
         assert stepped.popularity.top(1) == ["i2"]  # counted only meanwhile
+        for n in asked:  # the tops kept through the install equal a fresh ranking
+            assert [stepped.popularity._rank[i] for i in stepped.popularity.top(n)] == \
+                   [whole.popularity._rank[i] for i in whole.popularity.top(n)]
         assert any("i4" in p.snapshot() for p in stepped.segment_popularity.values())  # likewise
         assert {seg: p.snapshot() for seg, p in stepped.segment_popularity.items()} == \
                {seg: p.snapshot() for seg, p in whole.segment_popularity.items()}

@@ -459,10 +459,10 @@ class Recommender:
         return shares
 
     def merge_popularity(self, shares: Mapping[str, Snapshot]) -> tuple[Popularity, dict[str, Popularity]]:
-        """Item and per-segment popularity from the shares `write_state` returned. Reads no
-        recommender state, so the worker runs it off the recommender thread (it is the slow part:
-        a Python pass over every share's items). The tops that ranking reads are ranked here
-        too, so the recommender thread only keeps them up to date."""
+        """Item and per-segment popularity from the shares `write_state` returned. Of the
+        recommender's state it reads only which tops ranking asks for, so the worker runs it off
+        the recommender thread (it is the slow part: a Python pass over every share's items).
+        Those tops are ranked here too, so the recommender thread only keeps them up to date."""
         items, segments = combine_all(shares, self.popularity.half_life_s)
         items.keep_tops(self.popularity.tops_kept())
         for segment, popularity in segments.items():

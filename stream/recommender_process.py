@@ -28,6 +28,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -122,8 +123,15 @@ class RecommenderService:
         return taken
 
     # ---- the recommender's lane --------------------------------------------------------
+    def _outgoing(self, messages) -> list[Outgoing]:
+        """`outgoing`, timed as the stage `serialize`: the answers' JSON is work of this process too."""
+        start = time.perf_counter()
+        out = outgoing(messages)
+        self.stages.append(("serialize", time.perf_counter() - start))
+        return out
+
     def events(self, events, shares) -> tuple[list[Outgoing], dict[str, int] | None]:
-        out = outgoing(self.recommender.process_events(events, shares))
+        out = self._outgoing(self.recommender.process_events(events, shares))
         changed = any(o.topic == "segments" for o in out)
         return out, dict(self.recommender.segment_counts) if changed else None
 
@@ -131,14 +139,14 @@ class RecommenderService:
         return self.recommender.upsert_items(items)
 
     def intents(self, intents) -> list[Outgoing]:
-        return outgoing(self.recommender.seed_interests(intents))
+        return self._outgoing(self.recommender.seed_interests(intents))
 
     def requests(self, requests) -> list[Outgoing]:
-        return outgoing([self.recommender.recommend(r.user_id, k=r.k, filters=r.filters, request_id=r.request_id)
-                         for r in requests])
+        return self._outgoing([self.recommender.recommend(r.user_id, k=r.k, filters=r.filters,
+                                                          request_id=r.request_id) for r in requests])
 
     def erasures(self, erasures) -> list[Outgoing]:
-        return outgoing(self.recommender.erase_users(erasures))
+        return self._outgoing(self.recommender.erase_users(erasures))
 
     def recommend(self, user_id: str, k: int, filters) -> dict:
         return self.recommender.recommend(user_id, k=k, filters=filters).model_dump(mode="json", by_alias=True)

@@ -64,8 +64,8 @@ def test_events_come_back_as_wire_ready_recommendations_with_their_stage_timings
         assert all(seconds >= 0 for _, seconds in stages)
         # every stage of an event batch, each timed once per batch (the bench adds them up)
         names = [name for name, _ in stages]
-        assert {"encode", "load", "fold", "queries", "retrieve", "rank", "save"} <= set(names)
-        assert all(names.count(stage) == 1 for stage in ("fold", "queries", "retrieve", "rank"))
+        assert {"encode", "load", "fold", "queries", "retrieve", "rank", "save", "serialize"} <= set(names)
+        assert all(names.count(stage) == 1 for stage in ("fold", "queries", "retrieve", "rank", "serialize"))
         answer = recommender.submit("recommend", "u1", 5, None).result(timeout=60)
         assert answer["user_id"] == "u1" and len(answer["items"]) == 5
     finally:

@@ -36,7 +36,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
@@ -109,7 +111,7 @@ def store_filter(cats: np.ndarray, lo: float, hi: float) -> Filter:
 def fill_store(store: EdgeStore, vectors, category, price, in_stock) -> float:
     """Upsert every item through the adapter, as the worker does; returns points/s (upsert + flush)."""
     store.ensure_collection(COLLECTION, DIM, keyword_fields=("category",), bool_fields=("in_stock",),
-                            float_fields=("price",))
+                            float_fields=("price",), compact_ids=True)  # as the recommender's items
     rng = np.random.default_rng(7)
     words = np.array(["RED", "VINTAGE", "HEART", "T-LIGHT", "HOLDER", "JUMBO", "BAG", "SET", "OF", "6",
                       "CERAMIC", "MUG", "GLASS", "LANTERN", "CHRISTMAS", "PINK", "RETROSPOT", "CAKE"])
@@ -146,7 +148,7 @@ def engine_request(store: EdgeStore, q: np.ndarray, f: Filter | None, with_paylo
     """The adapter's request, built here: what the engine alone costs, with or without payloads."""
     from inference.store import _edge_filter
 
-    return qe.QueryRequest(limit=K, query=qe.Query.Nearest(q.tolist()), filter=_edge_filter(f),
+    return qe.QueryRequest(limit=K, query=qe.Query.Nearest(q.tolist()), filter=_edge_filter(f, store.point_id(COLLECTION)),
                            with_payload=with_payload, with_vector=False, params=store.search_params)
 
 
@@ -216,7 +218,7 @@ def run_exclusion(store: EdgeStore, n: int, label: str, vectors: np.ndarray, in_
                 hits = store.search(COLLECTION, queries[i], K, filter=filters[i])
                 t_store.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                _edge_filter(filters[i])
+                _edge_filter(filters[i], store.point_id(COLLECTION))
                 t_build.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 mask = in_stock.copy()
@@ -258,15 +260,16 @@ def sweep_params(spec: str, adapter: qe.SearchParams) -> list[tuple[str, qe.Sear
     return out
 
 
-def run_sweep(shard: qe.EdgeShard, label: str, params: list[tuple[str, qe.SearchParams]], queries: np.ndarray,
+def run_sweep(shard: qe.EdgeShard, point_id: Callable[[str], Any], label: str,
+              params: list[tuple[str, qe.SearchParams]], queries: np.ndarray,
               cases: list[tuple[str, list[Filter | None], list[set[str]]]], repeats: int) -> list[list[object]]:
     """The engine alone (ids only) under each search parameter set, per filter kind: p50/p99, recall@100."""
-    from inference.store import _edge_filter, point_uuid
+    from inference.store import _edge_filter
 
     rows = []
     for case, filters, exact_ids in cases:
-        expected = [{point_uuid(i) for i in ids} for ids in exact_ids]
-        edge_filters = [_edge_filter(f) for f in filters]
+        expected = [{point_id(i) for i in ids} for ids in exact_ids]
+        edge_filters = [_edge_filter(f, point_id) for f in filters]
         for name, sp in params:
             p50, p99, recalls = [], [], []
             for rep in range(repeats):
@@ -278,7 +281,8 @@ def run_sweep(shard: qe.EdgeShard, label: str, params: list[tuple[str, qe.Search
                     hits = shard.query(request)
                     times.append((time.perf_counter() - start) * 1000)
                     if rep == 0:
-                        recalls.append(len(expected[i] & {str(h.id) for h in hits}) / max(len(expected[i]), 1))
+                        recalls.append(len(expected[i] & {h.id if isinstance(h.id, int) else str(h.id) for h in hits})
+                                       / max(len(expected[i]), 1))
                 p50.append(percentiles(times, (50,))[0])
                 p99.append(percentiles(times, (99,))[0])
             rows.append([label, case, name, spread(p50, 2), spread(p99, 2),
@@ -408,7 +412,8 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                  [{f"i{j}" for j in numpy_topk(vectors, q, m)} for q, m in zip(queries, worker_masks)]),
                 ("none", [None] * n_queries, [{f"i{j}" for j in numpy_topk(vectors, q, None)} for q in queries]),
             ]
-            sweep_rows += run_sweep(shard, label, sweep_params(sweep, store.search_params), queries, cases, repeats)
+            sweep_rows += run_sweep(shard, store.point_id(COLLECTION), label, sweep_params(sweep, store.search_params),
+                                    queries, cases, repeats)
         return rows
     finally:
         store.close()
@@ -476,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     table(["items", "excluded ids", "EdgeStore.search p50 ms", "p99 ms", "of which building the filter (ms)",
            "numpy p50 ms (mask)", "store ÷ numpy latency", "recall@100"], exclusion_rows)
     note("the worker's filter for a user: in_stock=true AND NOT has_id(purchased); building it hashes every "
-         "excluded id to its point UUID (inference.store._edge_filter) on each query")
+         "excluded id to its point id (inference.store._edge_filter) on each query")
     if sweep_rows:
         table(["items, quantization", "filter", "engine search parameters", "p50 ms", "p99 ms", "recall@100"],
               sweep_rows)

@@ -92,34 +92,40 @@ def interest_centroids(
     item vectors, merged while the closest pair of clusters is more similar than
     `merge_similarity`; the `max_clusters` heaviest clusters, each represented by its medoid
     (an actual item, so retrieval around it stays on real interests), heaviest first."""
-    if len(item_ids) == 0:
+    n = len(item_ids)
+    if n == 0:
         return []
     x = unit_rows(np.asarray(vectors, dtype=np.float32))
     w = np.asarray(weights, dtype=np.float64)
     sim = (x @ x.T).astype(np.float64)
     # Average linkage by the Lance-Williams update: merging a and b, the similarity of the new
     # cluster to c is the size-weighted mean of a's and b's; O(n^2) per merge, no pair loops.
+    # Plain Python scalars in the loop: it runs for every recommendation, and numpy scalar
+    # arithmetic and index helpers cost more than the n <= MAX_RECENT rows themselves.
     between = sim.copy()
     np.fill_diagonal(between, -np.inf)
-    sizes = np.ones(len(x))
-    alive = np.ones(len(x), dtype=bool)
-    members: list[list[int]] = [[i] for i in range(len(x))]
-    while alive.sum() > 1:
-        a, b = np.unravel_index(int(np.argmax(between)), between.shape)
+    sizes = [1.0] * n
+    members: list[list[int] | None] = [[i] for i in range(n)]
+    for _ in range(n - 1):
+        a, b = divmod(int(between.argmax()), n)
         if between[a, b] < merge_similarity:
             break
-        merged = (sizes[a] * between[a] + sizes[b] * between[b]) / (sizes[a] + sizes[b])
-        between[a], between[:, a] = merged, merged
-        between[a, a] = -np.inf
-        between[b], between[:, b] = -np.inf, -np.inf
-        sizes[a] += sizes[b]
-        alive[b] = False
-        members[a] += members[b]
-    clusters = [members[i] for i in np.flatnonzero(alive)]
+        size_a, size_b = sizes[a], sizes[b]
+        merged = (size_a * between[a] + size_b * between[b]) / (size_a + size_b)
+        merged[a] = merged[b] = -np.inf
+        between[a] = merged
+        between[:, a] = merged
+        between[b] = -np.inf
+        between[:, b] = -np.inf
+        sizes[a] = size_a + size_b
+        members[a] += members[b]  # type: ignore[operator]
+        members[b] = None
     total = float(w.sum()) or 1.0
     out = []
-    for group in clusters:
-        inner = sim[np.ix_(group, group)] @ w[group]
+    for group in members:
+        if group is None:
+            continue
+        inner = sim[group][:, group] @ w[group]
         medoid = group[int(inner.argmax())]
         out.append(InterestCentroid(x[medoid], float(w[group].sum()) / total, item_ids[medoid]))
     out.sort(key=lambda c: (-c.weight, c.medoid_item))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -111,6 +111,13 @@ class Evidence:
     segment: str | None = None
     segment_popular: frozenset[str] = field(default_factory=frozenset)
 
+    @cached_property
+    def history(self) -> tuple[list[str], np.ndarray | None]:
+        """The recent items that have a vector, in order, and those vectors as rows: one
+        matrix-vector product per candidate instead of a dot product per recent item."""
+        ids = [r.item_id for r in self.recent if r.item_id in self.vectors]
+        return ids, np.stack([self.vectors[i] for i in ids]) if ids else None
+
 
 def explain(item_id: str, title: str, vector: np.ndarray | None, evidence: Evidence, popularity: float,
             explored_topic: str | None = None) -> str:
@@ -118,14 +125,13 @@ def explain(item_id: str, title: str, vector: np.ndarray | None, evidence: Evide
     if explored_topic is not None:
         return t["explore"].format(topic=explored_topic)
     best_id, best_sim = None, EVIDENCE_SIMILARITY
-    if vector is not None:
-        for item in evidence.recent:
-            vec = evidence.vectors.get(item.item_id)
-            if vec is None or item.item_id == item_id:
+    history_ids, history = evidence.history
+    if vector is not None and history is not None:
+        for recent_id, sim in zip(history_ids, (history @ vector).tolist()):
+            if recent_id == item_id:
                 continue
-            sim = float(np.dot(vec, vector))
             if sim > best_sim or (best_id is not None and sim == best_sim):
-                best_id, best_sim = item.item_id, sim
+                best_id, best_sim = recent_id, sim
     if best_id is not None:
         kind = next(r.type for r in reversed(evidence.recent) if r.item_id == best_id)
         verb = t[_VERB_KEY.get(kind, "other")]

@@ -180,7 +180,9 @@ class CatalogChange:
 
 
 def _ensure_items_collection(store: VectorStore, name: str, dim: int) -> None:
-    store.ensure_collection(name, dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",))
+    # Searched on every event: 64-bit point ids spare a uuid.UUID per hit (compact_ids).
+    store.ensure_collection(name, dim, keyword_fields=("category",), bool_fields=("in_stock",), float_fields=("price",),
+                            compact_ids=True)
 
 
 class Recommender:

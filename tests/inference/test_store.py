@@ -1,6 +1,7 @@
 """Tests for inference/store.py: one universal suite run against every VectorStore backend.
 
-"edge" is the embedded Qdrant Edge engine in a temporary directory; "memory" is qdrant-client's
+"edge" is the embedded Qdrant Edge engine in a temporary directory, "edge-compact" the same with
+every collection made with `compact_ids` (64-bit point ids); "memory" is qdrant-client's
 local ":memory:" mode, the code path production uses against a server. Tests that only make
 sense for one backend (reopen, directory lock, unreachable server) follow the universal ones.
 """
@@ -21,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from inference.store import (
     ID_NAMESPACE,
     KEY_FIELD,
     CollectionNotFound,
     DimensionMismatch,
+    EdgeStore,
     Filter,
     IndexParams,
     Point,
@@ -35,6 +38,7 @@ from inference.store import (
     StoreUnavailable,
     VectorStore,
     open_store,
+    point_u64,
     point_uuid,
 )
 
@@ -77,7 +81,16 @@ def ids(hits) -> list[str]:
     return [h.id for h in hits]
 
 
+class CompactEdgeStore(EdgeStore):
+    """The embedded store with every new collection made with `compact_ids`."""
+
+    def ensure_collection(self, name: str, dim: int, **kwargs) -> None:
+        super().ensure_collection(name, dim, **{**kwargs, "compact_ids": True})
+
+
 def open_backend(backend: str, data_dir: Path) -> VectorStore:
+    if backend == "edge-compact":
+        return CompactEdgeStore(data_dir / "qdrant")
     url = {"edge": None, "memory": ":memory:"}[backend]
     return open_store(url=url, api_key=None, data_dir=data_dir)
 
@@ -97,7 +110,7 @@ def fast_dir(tmp_path):
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=["edge", "memory"])
+@pytest.fixture(params=["edge", "edge-compact", "memory"])
 def store(request, fast_dir):
     s = open_backend(request.param, fast_dir)
     yield s
@@ -337,6 +350,34 @@ def test_closed_store_refuses_work(store):
 def test_point_ids_are_uuid5_of_the_string_id():
     for key in ("", "item-1", "ü漢字", "x" * 500):
         assert point_uuid(key) == str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def test_compact_point_ids_never_change():
+    # Stored ids derive from these: a change would orphan every point of a compact collection.
+    assert point_u64("item-1") == 8045043899018850716
+    assert point_u64("") == 15956920804273256616
+    assert all(0 <= point_u64(k) < 2**64 for k in ("a", "ü漢字", "x" * 500))
+
+
+def test_compact_ids_are_fixed_when_the_collection_is_made(tmp_path):
+    """A collection keeps the ids it was made with: asking for compact ids later changes nothing,
+    so an embedded store from before compact ids keeps finding, filtering and deleting its points."""
+    with open_backend("edge", tmp_path) as s:
+        s.ensure_collection("old", DIM, **FIELDS)
+        s.ensure_collection("new", DIM, **FIELDS, compact_ids=True)
+        s.upsert("old", POINTS)
+        s.upsert("new", POINTS)
+    with open_backend("edge", tmp_path) as s:
+        s.ensure_collection("old", DIM, **FIELDS, compact_ids=True)
+        engine_ids = {name: {r.id for r in s._shard(name)[0].scroll(qe.ScrollRequest(limit=10, with_payload=False))[0]}
+                      for name in ("old", "new")}
+        assert engine_ids["new"] == {point_u64(p.id) for p in POINTS}
+        assert {str(i) for i in engine_ids["old"]} == {point_uuid(p.id) for p in POINTS}
+        for name in ("old", "new"):
+            found = s.search_ids(name, np.stack([unit(0)]), 3, filters=[Filter(exclude_ids=("p1",))])
+            assert found[0].ids == ["p0", "p2", "p3"]
+            s.delete(name, ["p0"])
+            assert [p.id for p in s.retrieve(name, ["p0", "p2"])] == ["p2"]
 
 
 def test_invalid_input_is_rejected_early():

@@ -102,15 +102,14 @@ def decay(dt_s: float, half_life_s: float) -> float:
 
 
 def fold(interest: Interest | None, vector: np.ndarray, weight: float, ts: float, half_life_s: float) -> Interest:
-    """Add one weighted vector to a decayed sum."""
+    """Add one weighted vector to a decayed sum (in float32; runs for every event, twice)."""
+    added = np.multiply(vector, weight, dtype=np.float32)
     if interest is None:
-        return Interest(total=(weight * vector).astype(np.float32), mass=weight, updated=ts)
+        return Interest(total=added, mass=weight, updated=ts)
     f = decay(ts - interest.updated, half_life_s)
-    return Interest(
-        total=(interest.total * f + weight * vector).astype(np.float32),
-        mass=interest.mass * f + weight,
-        updated=max(ts, interest.updated),
-    )
+    # a basket's lines share one timestamp: f is then exactly 1 and the old sum needs no scaling
+    added += interest.total if f == 1.0 else np.multiply(interest.total, f, dtype=np.float32)
+    return Interest(total=added, mass=interest.mass * f + weight, updated=max(ts, interest.updated))
 
 
 def event_key(event_id: str) -> int:
@@ -127,7 +126,7 @@ def update_categories(
 ) -> tuple[dict[str, float], float]:
     """Decay every category score, add this event's weight, keep the strongest MAX_CATEGORIES."""
     f = 1.0 if updated is None else decay(ts - updated, half_life_s)
-    scores = {c: s * f for c, s in categories.items()}
+    scores = dict(categories) if f == 1.0 else {c: s * f for c, s in categories.items()}
     scores[category] = scores.get(category, 0.0) + weight
     if len(scores) > MAX_CATEGORIES:
         scores = dict(sorted(scores.items(), key=lambda cs: cs[1], reverse=True)[:MAX_CATEGORIES])

@@ -20,14 +20,22 @@ Measured, each phase repeated (default 3 times), median (min–max) over repetit
 - where the worker's time goes at saturation (its /metrics stage histograms, CPU from /proc);
 - the worker's RSS (resident and peak) after start, after the catalog and at the end.
 
+`--fresh repetition` (the default) starts a new broker and worker (catalog and warm-up included)
+for every repetition; `--fresh once` keeps one of each for the whole run. Tansu's memory storage
+scans a partition's record batches on every fetch, so its CPU per fetch grows with what the
+topics hold, and on this 2-core machine the broker competes with the worker for the same cores:
+the same 1,000 events/s phase took the broker 64% of a core after the run's earlier phases and
+52% on a fresh broker, and its freshness p99 was 178 ms against 96 ms (perf-20261206b).
+
 Usage: python -m bench.pipeline [--rates 100,1000,5000] [--duration 10] [--saturation-events 20000]
-                                [--customers 1500] [--repeats 3]
+                                [--customers 1500] [--repeats 3] [--fresh once|repetition]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -68,6 +76,10 @@ class Wire:
     events: list[Event]
     cursor: int = 0
     passes: int = 0
+
+    @property
+    def sent(self) -> int:
+        return self.passes * len(self.events) + self.cursor
 
     def take(self, n: int) -> list[tuple[str, bytes, bytes]]:
         out = []
@@ -316,6 +328,77 @@ def rss_text(pid: int) -> str:
     return f"{rss_split(pid, tree=True)}, peak {mib(rss_bytes(pid, tree=True)[1])}"
 
 
+class Stack:
+    """A local broker with every topic, one worker, the recommendation reader and a producer; on
+    entry the catalog is published and embedded and the warm-up events are handled."""
+
+    def __init__(self, root: Path, onnx_dir: Path, overrides: dict[str, str], items: list, wire: Wire,
+                 warmup_events: int, *, catalog_rows: bool):
+        self.root, self.onnx_dir, self.overrides = root, onnx_dir, overrides
+        self.items, self.wire, self.warmup_events = items, wire, warmup_events
+        self.want_catalog_rows = catalog_rows
+        self.catalog_rows: list[list[object]] = []
+        self._stack = contextlib.ExitStack()
+        self.recs: RecommendationLog | None = None
+        self.kafka = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.root.mkdir(parents=True)
+        self.broker = self._stack.enter_context(LocalBroker(log_path=self.root / "broker.log"))
+        # Every topic the worker reads or writes, made before it starts: runs in which the local
+        # broker created `segments` on the worker's first produce stalled (perf-20261130).
+        self.broker.create_topics([PREFIX + t for t in TOPICS], partitions=4)
+        env = {
+            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "STREAMREC_TOPIC_PREFIX": PREFIX,
+            "STREAMREC_APP_ID": "streamrec-bench",
+            "STREAMREC_DATA_DIR": str(self.root / "state"),
+            "STREAMREC_ENCODER_ONNX_DIR": str(self.onnx_dir),
+            "STREAMREC_SESSION_TIMEOUT_S": "6",
+            **self.overrides,
+        }
+        t = time.perf_counter()
+        self.worker = self._stack.enter_context(
+            WorkerProcess(env, log_path=self.root / "worker.log", http_port=free_port()))
+        self.pid = self.worker.proc.pid
+        if self.want_catalog_rows:
+            note(f"worker ready in {time.perf_counter() - t:.1f} s; RSS {rss_text(self.pid)}")
+        self.recs = RecommendationLog(self.broker.bootstrap, PREFIX + "recommendations")
+        self.kafka = producer(self.broker.bootstrap)
+        self._stack.callback(self.close_clients)
+        self.first_sent = self.wire.sent
+        metrics0, cpu0 = stage_totals(self.worker), cpu_by_process(self.pid, self.broker.pid)
+        t = time.perf_counter()
+        publish(self.kafka, PREFIX + "items", self.items, progress=False)
+        self.worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(self.items), 900, "the catalog")
+        catalog_s = time.perf_counter() - t
+        if self.want_catalog_rows:
+            self.catalog_rows = stage_rows("catalog", metrics0, stage_totals(self.worker), len(self.items), catalog_s,
+                                           spent_since(cpu0, cpu_by_process(self.pid, self.broker.pid)))
+            note(f"catalog: {len(self.items):,} items embedded and stored in {catalog_s:.1f} s "
+                 f"({len(self.items) / catalog_s:,.0f} items/s); worker RSS {rss_text(self.pid)}")
+        run_phase(self.worker, self.kafka, self.recs, self.wire, 0, self.warmup_events)  # warm caches
+
+    def close_clients(self) -> None:
+        if self.kafka is not None:
+            self.kafka.close()
+            self.kafka = None
+        if self.recs is not None:
+            self.recs.close()
+            self.recs = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="100,1000,5000", help="fixed event rates (events/s)")
@@ -325,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=1500, help="Online Retail customers in the slice")
     p.add_argument("--repeats", type=int, default=MIN_REPEATS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", choices=("once", "repetition"), default="repetition",
+                   help="start the broker and the worker once for all phases, or afresh for every repetition")
     p.add_argument("--env", action="append", default=[], metavar="STREAMREC_X=VALUE",
                    help="a worker setting to override (repeatable), e.g. STREAMREC_BATCH_WINDOW_S=0.05")
     args = p.parse_args(argv)
@@ -340,76 +425,50 @@ def main(argv: list[str] | None = None) -> int:
     note(f"Online Retail slice: {args.customers:,} customers, {len(items):,} items, {len(events):,} purchase events "
          f"(cycled with new event ids when more are needed)")
     wire = Wire(events)
+    note(f"broker Tansu (4 partitions per topic); worker settings: defaults "
+         "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s"
+         f"{''.join(f' + {k}={v}' for k, v in overrides.items())}; "
+         "producer: stream.replay.producer (kafka-python, acks=1, linger 5 ms)")
+    note({"once": "one broker and one worker for every phase: the topics keep growing from phase to phase",
+          "repetition": "a fresh broker and worker (catalog and warm-up included) for every repetition: Tansu's "
+                        "fetch cost grows with the record batches a partition holds, which a Kafka cluster's "
+                        "does not"}[args.fresh])
 
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, \
-            LocalBroker(log_path=Path(tmp) / "broker.log") as broker:
-        # Every topic the worker reads or writes, made before it starts: runs in which the local
-        # broker created `segments` on the worker's first produce stalled (perf-20261130).
-        broker.create_topics([PREFIX + t for t in TOPICS], partitions=4)
-        env = {
-            "STREAMREC_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "STREAMREC_TOPIC_PREFIX": PREFIX,
-            "STREAMREC_APP_ID": "streamrec-bench",
-            "STREAMREC_DATA_DIR": str(Path(tmp) / "state"),
-            "STREAMREC_ENCODER_ONNX_DIR": str(onnx_dir),
-            "STREAMREC_SESSION_TIMEOUT_S": "6",
-            **overrides,
-        }
-        note(f"broker Tansu on {broker.bootstrap} (4 partitions per topic); worker settings: defaults "
-             "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s"
-             f"{''.join(f' + {k}={v}' for k, v in overrides.items())}; "
-             "producer: stream.replay.producer (kafka-python, acks=1, linger 5 ms)")
-        t = time.perf_counter()
-        with WorkerProcess(env, log_path=Path(tmp) / "worker.log", http_port=free_port()) as worker:
-            pid = worker.proc.pid
-            note(f"worker ready in {time.perf_counter() - t:.1f} s; RSS {rss_text(pid)}")
-            recs = RecommendationLog(broker.bootstrap, PREFIX + "recommendations")
-            kafka = producer(broker.bootstrap)
-            phases: dict[str, list[Phase]] = {}
-            try:
-                metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
-                t = time.perf_counter()
-                publish(kafka, PREFIX + "items", items, progress=False)
-                worker.wait_for(lambda s: s["processed"].get("item", 0) >= len(items), 900, "the catalog")
-                catalog_s = time.perf_counter() - t
-                breakdown = stage_rows("catalog", metrics0, stage_totals(worker), len(items), catalog_s,
-                                       spent_since(cpu0, cpu_by_process(pid, broker.pid)))
-                note(f"catalog: {len(items):,} items embedded and stored in {catalog_s:.1f} s "
-                     f"({len(items) / catalog_s:,.0f} items/s); worker RSS {rss_text(pid)}")
-                run_phase(worker, kafka, recs, wire, 0, args.warmup_events)  # warm caches and the JIT-less paths
-
-                for rate in rates:
-                    for rep in range(args.repeats):
-                        n = int(rate * args.duration)
-                        metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
-                        published0 = worker.stats()["published"]
-                        phase = run_phase(worker, kafka, recs, wire, rate, n)
-                        phases.setdefault(f"{rate:,.0f}/s", []).append(phase)
-                        if rep == 0:  # one repetition per rate: where a batch's time goes at that rate
-                            breakdown += stage_rows(f"{rate:,.0f}/s", metrics0, stage_totals(worker), phase.n,
-                                                    phase.busy_s, spent_since(cpu0, cpu_by_process(pid, broker.pid)),
-                                                    worker.stats()["published"] - published0)
-                        print(f"  … {rate:,.0f}/s repetition {rep + 1} done", file=sys.stderr, flush=True)
-
-                for rep in range(args.repeats):
-                    metrics0, cpu0 = stage_totals(worker), cpu_by_process(pid, broker.pid)
-                    published0 = worker.stats()["published"]
-                    phase = run_phase(worker, kafka, recs, wire, 0, args.saturation_events)
-                    phases.setdefault("saturation", []).append(phase)
-                    # the settle wait after the phase is idle: it adds CPU-free wall time only
-                    breakdown += stage_rows(f"saturation {rep + 1}", metrics0, stage_totals(worker), phase.n,
-                                            phase.busy_s, spent_since(cpu0, cpu_by_process(pid, broker.pid)),
-                                            worker.stats()["published"] - published0)
-                    print(f"  … saturation repetition {rep + 1} done", file=sys.stderr, flush=True)
-                final_rss = rss_text(pid)
-                broker_rss = rss_text(broker.pid) if broker.pid else "n/a"
-            finally:
-                kafka.close()
-                recs.close()
-
-            total = wire.passes * len(events) + wire.cursor
-            ceiling = [consume_rate(broker.bootstrap, PREFIX + "events", total, False) for _ in range(args.repeats)]
-            ceiling_v = [consume_rate(broker.bootstrap, PREFIX + "events", total, True) for _ in range(args.repeats)]
+    phases: dict[str, list[Phase]] = {}
+    breakdown: list[list[object]] = []
+    plan = [(f"{rate:,.0f}/s", rate, int(rate * args.duration), rep) for rate in rates for rep in range(args.repeats)]
+    plan += [("saturation", 0.0, args.saturation_events, rep) for rep in range(args.repeats)]
+    groups = [plan] if args.fresh == "once" else [[step] for step in plan]
+    ceiling: list[float] = []
+    ceiling_v: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        for g, group in enumerate(groups):
+            last = g == len(groups) - 1
+            with Stack(Path(tmp) / f"stack-{g}", onnx_dir, overrides, items, wire, args.warmup_events,
+                       catalog_rows=g == 0) as stack:
+                breakdown += stack.catalog_rows
+                for name, rate, n, rep in group:
+                    metrics0, cpu0 = stage_totals(stack.worker), cpu_by_process(stack.pid, stack.broker.pid)
+                    published0 = stack.worker.stats()["published"]
+                    phase = run_phase(stack.worker, stack.kafka, stack.recs, wire, rate, n)
+                    phases.setdefault(name, []).append(phase)
+                    # one repetition per fixed rate, every saturation one: where a batch's time goes
+                    if rep == 0 or rate == 0:
+                        label = f"saturation {rep + 1}" if rate == 0 else name
+                        # the settle wait after a phase is idle: it adds CPU-free wall time only
+                        breakdown += stage_rows(label, metrics0, stage_totals(stack.worker), phase.n,
+                                                phase.busy_s, spent_since(cpu0, cpu_by_process(stack.pid, stack.broker.pid)),
+                                                stack.worker.stats()["published"] - published0)
+                    print(f"  … {name} repetition {rep + 1} done", file=sys.stderr, flush=True)
+                if last:
+                    final_rss = rss_text(stack.pid)
+                    broker_rss = rss_text(stack.broker.pid) if stack.broker.pid else "n/a"
+                    stack.close_clients()
+                    total = wire.sent - stack.first_sent
+                    ceiling = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, False)
+                               for _ in range(args.repeats)]
+                    ceiling_v = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, True)
+                                 for _ in range(args.repeats)]
 
     rows = []
     ceil = median(ceiling)

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from inference.exploration import Arm
+from inference.profile_store import USERS
 from inference.recommender import Recommender
 from inference.schemas import (
     Erasure, Event, EventType, Intent, Item, Recommendation, RequestFilters, SegmentChange,
 )
 from inference.settings import InferenceSettings
-from inference.store import open_store
+from inference.store import open_store, point_u64, point_uuid
 
 T0 = datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc)
 WORDS = ["teacup", "candle", "doormat", "lantern", "notebook", "apron", "clock", "basket"]
@@ -299,6 +300,7 @@ def test_a_model_swap_re_embeds_the_catalog_and_rebuilds_profiles_in_the_new_spa
     result = engine.finish_swap(plan, v2_encoder.encode(plan.texts))
     assert (result["version"], result["previous"], result["items"]) == (v2_encoder.version, v1, len(ITEMS))
     assert engine.model_version == v2_encoder.version and engine.items_collection != "items"
+    assert engine.store.point_id(engine.items_collection) is point_u64  # made like the first
     late = engine.items.get_many(["late"])["late"]
     assert np.allclose(late.vector, v2_encoder.encode(["lantern teacup late arrival"])[0], atol=1e-5)
     assert engine.items.get_many(["i63"]) == {}
@@ -324,6 +326,13 @@ def test_a_model_swap_re_embeds_the_catalog_and_rebuilds_profiles_in_the_new_spa
         assert again_v2.profile("swapper").space is None
     finally:
         again.store.close()
+
+
+def test_items_are_searched_by_compact_point_ids_and_users_keep_uuids(engine):
+    """Items are searched on every event (64-bit ids spare a uuid.UUID per hit); users are only
+    read by id and may number 10^8, where 64-bit ids could collide."""
+    assert engine.store.point_id(engine.items_collection) is point_u64
+    assert engine.store.point_id(USERS) is point_uuid
 
 
 def test_a_model_of_another_dimension_is_refused(engine, tmp_path):

@@ -9,8 +9,8 @@ stream.replay.retail_items/retail_events): its catalog first, then its purchases
 Measured, each phase repeated (default 3 times), median (min–max) over repetitions:
 
 - freshness at fixed rates (default 100, 1,000 and 5,000 events/s): the event's scheduled send
-  time (the load generator, PacedSender, sends what is due every 5 ms) -> its recommendation
-  received by a threaded kafka-python consumer (stream.demo's RecommendationLog), matched by trigger_event_id (one recommendation per user per batch answers
+  time (the bench's `Shop` sends what is due every 5 ms) -> its recommendation read by the
+  Shop's consumer, matched by trigger_event_id (one recommendation per user per batch answers
   the user's last event in it, so only those events are matched); p50/p99; whether the producer
   kept the rate;
 - saturation: a backlog sent as fast as the producer can; the worker's rate while it drains
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import sys
@@ -58,7 +59,6 @@ from inference.recommender import encoder_dir
 from inference.schemas import Event
 from inference.settings import InferenceSettings
 from stream.broker import LocalBroker, free_port
-from stream.demo import RecommendationLog
 from stream.metrics import WORKER_STAGES
 from stream.replay import producer, publish, retail_events, retail_items
 from stream.settings import TOPICS
@@ -144,33 +144,53 @@ def processed_events(stats: dict) -> int:
     return sum(v for k, v in stats["processed"].items() if k.startswith("event."))
 
 
-class PacedSender:
-    """The load generator: an aiokafka producer on an event loop in a thread of its own that sends,
-    every `tick_s`, the events whose time has come.
+class Shop:
+    """The shop's side of the bench on one event loop in a thread of its own: an aiokafka producer
+    that sends, every `tick_s`, the events whose time has come, and an aiokafka consumer that
+    notes when each recommendation arrives.
 
-    On 2 cores the generator's CPU is the worker's: kafka-python with a sleep and a send per
-    event took 20% of a core at 1,000 events/s and this takes 9% (same broker, acks=1, linger
-    5 ms; reports/perf-20261207). An event's send time is its scheduled time (first send + i /
-    rate), never later than the producer took it, so freshness also counts any lag of the
-    generator itself; sent flat out (rate 0), it is the time the producer took it."""
+    On 2 cores the bench's CPU is the worker's. kafka-python with a sleep and a send per event
+    took 20% of a core at 1,000 events/s where this producer takes 9%, and a threaded kafka-python
+    reader 9% where this one takes 4% (same broker, acks=1, fetch wait 10 ms; reports/perf-20261207). An event's send time is its scheduled time (first send + i / rate),
+    never later than the producer took it, so freshness also counts any lag of the generator
+    itself; sent flat out (rate 0), it is the time the producer took it."""
 
-    def __init__(self, bootstrap: str, tick_s: float = 0.005):
+    def __init__(self, bootstrap: str, recommendations_topic: str, tick_s: float = 0.005):
         self.tick_s = tick_s
+        self.received: dict[str, float] = {}  # trigger_event_id -> wall time it was read
+        # trigger_event_id -> the record's timestamp: when the worker handed it to its producer
+        self.published: dict[str, float] = {}
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="paced-sender", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="shop", daemon=True)
         self._thread.start()
-        self._producer = self._call(self._start(bootstrap))
+        self._producer, self._consumer = self._call(self._start(bootstrap, recommendations_topic))
+        self._reading = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @staticmethod
-    async def _start(bootstrap: str):
-        from aiokafka import AIOKafkaProducer
+    async def _start(bootstrap: str, topic: str):
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+        # No linger: the tick already gathers what is due into one batch per partition.
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await producer.start()
-        return producer
+        await consumer.start()
+        return producer, consumer
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for messages in batches.values():
+                for message in messages:
+                    trigger = json.loads(message.value).get("trigger_event_id")
+                    if trigger:
+                        self.received.setdefault(trigger, now)
+                        self.published.setdefault(trigger, message.timestamp / 1000)
 
     def send(self, topic: str, messages: list[tuple[str, bytes, bytes]], rate: float) -> tuple[dict[str, float], float]:
         """Send pre-serialised events at `rate` per second (0: flat out); returns send times and rate."""
@@ -194,22 +214,28 @@ class PacedSender:
         return sent, n / elapsed if elapsed > 0 else float("inf")
 
     def close(self) -> None:
+        self._reading.cancel()
+
+        async def stop():
+            await self._producer.stop()
+            await self._consumer.stop()
+
         try:
-            self._call(self._producer.stop())
+            self._call(stop())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
 
 
-def run_phase(worker: WorkerProcess, sender: PacedSender, recs: RecommendationLog, wire: Wire, rate: float, n: int,
+def run_phase(worker: WorkerProcess, shop: Shop, wire: Wire, rate: float, n: int,
               timeout_floor: float = 120.0) -> Phase:
     phase = Phase(rate, n)
     messages = wire.take(n)
     base = processed_events(worker.stats())
     with StatsPoller(worker) as poller:
         t0 = time.time()
-        sent, phase.send_rate = sender.send(PREFIX + "events", messages, rate)
+        sent, phase.send_rate = shop.send(PREFIX + "events", messages, rate)
         t_sent = time.time()
         deadline = time.time() + max(timeout_floor, n / 100)
         while time.time() < deadline:
@@ -224,16 +250,17 @@ def run_phase(worker: WorkerProcess, sender: PacedSender, recs: RecommendationLo
     left_at_send_end = base + n - poller.count_at(t_sent)
     if left_at_send_end >= 0.2 * n and t_done > t_sent:
         phase.drain_rate = left_at_send_end / (t_done - t_sent)
-    # the last recommendations may still be on their way to the reading thread
-    last = {m[0] for m in messages[-50:]}
+    # The last recommendations may still be on their way to the reader. The last event sent is
+    # its user's last in the worker's last batch, so its answer is the last to wait for.
     settle = time.time() + 10
-    while time.time() < settle and len(last - recs.received.keys()) > 25:
+    while time.time() < settle and messages[-1][0] not in shop.received:
         time.sleep(0.05)
-    time.sleep(0.3)
-    lat = [(recs.received[i] - t) * 1000 for i, t in sent.items() if i in recs.received]
+    time.sleep(0.1)
+    received, published = shop.received, shop.published
+    lat = [(received[i] - t) * 1000 for i, t in sent.items() if i in received]
     phase.latencies_ms, phase.matched = lat, len(lat)
-    phase.answer_ms = [(recs.published[i] - t) * 1000 for i, t in sent.items() if i in recs.published]
-    phase.delivery_ms = [(recs.received[i] - recs.published[i]) * 1000 for i in sent if i in recs.published]
+    phase.answer_ms = [(published[i] - t) * 1000 for i, t in sent.items() if i in published]
+    phase.delivery_ms = [(received[i] - published[i]) * 1000 for i in sent if i in published]
     return phase
 
 
@@ -381,8 +408,7 @@ class Stack:
         self.want_catalog_rows = catalog_rows
         self.catalog_rows: list[list[object]] = []
         self._stack = contextlib.ExitStack()
-        self.recs: RecommendationLog | None = None
-        self.sender: PacedSender | None = None
+        self.shop: Shop | None = None
 
     def __enter__(self) -> Stack:
         try:
@@ -413,7 +439,7 @@ class Stack:
         self.pid = self.worker.proc.pid
         if self.want_catalog_rows:
             note(f"worker ready in {time.perf_counter() - t:.1f} s; RSS {rss_text(self.pid)}")
-        self.recs = RecommendationLog(self.broker.bootstrap, PREFIX + "recommendations")
+        self.shop = Shop(self.broker.bootstrap, PREFIX + "recommendations")
         self._stack.callback(self.close_clients)
         self.first_sent = self.wire.sent
         metrics0, cpu0 = stage_totals(self.worker), cpu_by_process(self.pid, self.broker.pid)
@@ -430,16 +456,12 @@ class Stack:
                                            spent_since(cpu0, cpu_by_process(self.pid, self.broker.pid)))
             note(f"catalog: {len(self.items):,} items embedded and stored in {catalog_s:.1f} s "
                  f"({len(self.items) / catalog_s:,.0f} items/s); worker RSS {rss_text(self.pid)}")
-        self.sender = PacedSender(self.broker.bootstrap)
-        run_phase(self.worker, self.sender, self.recs, self.wire, 0, self.warmup_events)  # warm caches
+        run_phase(self.worker, self.shop, self.wire, 0, self.warmup_events)  # warm caches
 
     def close_clients(self) -> None:
-        if self.sender is not None:
-            self.sender.close()
-            self.sender = None
-        if self.recs is not None:
-            self.recs.close()
-            self.recs = None
+        if self.shop is not None:
+            self.shop.close()
+            self.shop = None
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
@@ -474,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"broker Tansu (4 partitions per topic); worker settings: defaults "
          "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s"
          f"{''.join(f' + {k}={v}' for k, v in overrides.items())}; "
-         "producer: aiokafka, acks=1, linger 5 ms, the events due sent every 5 ms (PacedSender; the catalog: "
+         "producer: aiokafka, acks=1, the events due sent every 5 ms, no linger (Shop; the catalog: "
          "stream.replay.producer)")
     note({"once": "one broker and one worker for every phase: the topics keep growing from phase to phase",
           "repetition": "a fresh broker and worker (catalog and warm-up included) for every repetition: Tansu's "
@@ -497,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, rate, n, rep in group:
                     metrics0, cpu0 = stage_totals(stack.worker), cpu_by_process(stack.pid, stack.broker.pid)
                     published0 = stack.worker.stats()["published"]
-                    phase = run_phase(stack.worker, stack.sender, stack.recs, wire, rate, n)
+                    phase = run_phase(stack.worker, stack.shop, wire, rate, n)
                     phases.setdefault(name, []).append(phase)
                     # one repetition per fixed rate, every saturation one: where a batch's time goes
                     if rep == 0 or rate == 0:
@@ -552,8 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     note("events/s at a fixed rate: events / (first send -> worker counted the last); at saturation: events "
          "processed after the producer finished / time to finish them (pure worker capacity)")
     note("freshness: the event's scheduled send time (at a fixed rate; flat out, when the producer took it) -> "
-         "recommendation read by the bench's kafka-python consumer thread (includes the generator's 5 ms tick, "
-         "the producer's 5 ms linger and the reader's 10 ms fetch wait); matched share: events that were "
+         "recommendation read by the bench's aiokafka consumer (includes the generator's 5 ms tick "
+         "and the reader's 10 ms fetch wait); matched share: events that were "
          "their user's last in a batch get a recommendation with their trigger_event_id")
 
     split = []
@@ -564,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         split.append([name] + cells)
     table(["phase", "to the worker's answer p50 ms", "p99 ms", "delivery p50 ms", "p99 ms"], split)
     note("freshness split at the recommendation record's timestamp (when the worker's producer took it): "
-         "send time -> answer covers the generator's tick, the producer's linger, the broker, the worker's fetch "
+         "send time -> answer covers the generator's tick, the broker, the worker's fetch "
          "wait, batching and handling; delivery covers the broker's ack and the reader's fetch wait")
 
     table(["phase", "where the worker's time goes", "calls", "ms per call", "µs per message", "share of wall"],

@@ -8,12 +8,8 @@ a child process the recommender has an interpreter to itself; the worker's proce
 validation, publishing and HTTP.
 
 The parent sends `(call id, operation, arguments)`; the child runs each operation on its lane
-and answers `(call id, ok, result, stage timings, snapshot)`. The recommender's own operations
-run one at a time on the thread that reads the pipe, holding the state lock; periodic
-maintenance and model swaps have a thread each and take the lock for every step that touches
-the recommender's state. Running them where they are read saves a thread wake-up per call: on
-a loaded 2-core machine a round trip's overhead was p90 4.0 ms with the hand-off and 0.6-1.7 ms
-without it (a /tmp echo harness with two busy processes, bench/reports/perf-20261207).
+(one thread for all recommender state, one for periodic maintenance, one for model swaps, as
+the worker did in-process) and answers `(call id, ok, result, stage timings, snapshot)`.
 Messages cross as pickles: validated pydantic models in, wire-ready bytes out (`Outgoing`), so
 the parent never re-encodes a recommendation.
 
@@ -97,37 +93,25 @@ def outgoing(messages) -> list[Outgoing]:
 
 # --------------------------------------------------------------------------- the child's side
 
-OPERATIONS = frozenset({"events", "items", "intents", "requests", "erasures", "recommend", "describe_user",
-                        "status", "persist_state", "refresh_groups", "swap_model"})
-# Operations that run beside the recommender's own (every other one is its own, one at a time).
-OTHER_LANES = {"persist_state": "maintenance", "refresh_groups": "maintenance", "swap_model": "swap"}
-
-
 
 class RecommenderService:
-    """The operations the worker asks of its recommender. Those that touch its state run one at
-    a time under `state_lock` (the child's main thread runs the worker's calls itself); periodic
-    maintenance and model swaps run on lanes of their own and take the lock for each step."""
+    """The operations the worker asks of its recommender, each on its lane."""
 
-    LANES = OTHER_LANES
+    LANES = {"persist_state": "maintenance", "refresh_groups": "maintenance", "swap_model": "swap"}
 
     def __init__(self, recommender) -> None:
         self.recommender = recommender
-        self.state_lock = threading.Lock()
         self.stages: deque[tuple[str, float]] = deque()
         recommender.on_stage = lambda name, seconds: self.stages.append((name, seconds))
         self.lanes = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-                      for name in set(OTHER_LANES.values())}
+                      for name in ("recommender", "maintenance", "swap")}
 
-    def lane(self, operation: str) -> ThreadPoolExecutor | None:
-        """The lane of an operation; None: the recommender's own (the caller's thread, locked)."""
-        name = OTHER_LANES.get(operation)
-        return self.lanes[name] if name else None
+    def lane(self, operation: str) -> ThreadPoolExecutor:
+        return self.lanes[self.LANES.get(operation, "recommender")]
 
     def on_recommender(self, fn: Callable, *args: Any):
-        """Run one step on the recommender's state (from a maintenance or swap lane)."""
-        with self.state_lock:
-            return fn(*args)
+        """Run one step on the recommender's thread (from a maintenance or swap lane)."""
+        return self.lanes["recommender"].submit(fn, *args).result()
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.recommender.model_version, len(self.recommender.items))
@@ -205,13 +189,16 @@ class RecommenderService:
 
     def close(self) -> None:
         """Persist the popularity counted since the last flush; release the store."""
-        for lane in self.lanes.values():
-            lane.shutdown(wait=True, cancel_futures=True)
-        with self.state_lock:
-            self.recommender.flush_state()
-            self.recommender.store.close()
+        for name in ("maintenance", "swap"):
+            self.lanes[name].shutdown(wait=True, cancel_futures=True)
+        recommender = self.lanes["recommender"]
+        recommender.submit(self.recommender.flush_state).result()
+        recommender.submit(self.recommender.store.close).result()
+        recommender.shutdown(wait=True)
 
 
+OPERATIONS = frozenset({"events", "items", "intents", "requests", "erasures", "recommend", "describe_user",
+                        "status", "persist_state", "refresh_groups", "swap_model"})
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -256,13 +243,9 @@ def _child_main(conn: Connection, loglevel: str, parent_pid: int) -> None:
                               tuple(recommender.encoder.providers))))
     send_lock = threading.Lock()
 
-    def run(call_id: int, operation: str, args: tuple, lock: threading.Lock | None = None) -> None:
+    def run(call_id: int, operation: str, args: tuple) -> None:
         try:
-            if lock is None:
-                ok, result = True, getattr(service, operation)(*args)
-            else:
-                with lock:
-                    ok, result = True, getattr(service, operation)(*args)
+            ok, result = True, getattr(service, operation)(*args)
         except StoreError as exc:
             recommender.profiles.invalidate()  # what the cache holds may not be what was stored
             ok, result = False, _picklable(exc)
@@ -287,15 +270,7 @@ def _child_main(conn: Connection, loglevel: str, parent_pid: int) -> None:
         if request is None:  # close
             break
         call_id, operation, args = request
-        lane = service.lane(operation)
-        if lane is None:
-            # Here, not on a thread of its own: one thread wake-up less per call (under load
-            # each cost up to a scheduler slice). The worker sends the next such call only
-            # once this one is answered, so nothing waits in the pipe meanwhile but small
-            # maintenance calls.
-            run(call_id, operation, args, service.state_lock)
-        else:
-            lane.submit(run, call_id, operation, args)
+        service.lane(operation).submit(run, call_id, operation, args)
     service.close()
     with send_lock:
         try:
@@ -308,12 +283,7 @@ def _child_main(conn: Connection, loglevel: str, parent_pid: int) -> None:
 
 
 class RecommenderProcess:
-    """Starts the child, sends it operations, resolves their futures from a reader thread.
-
-    The recommender's own operations (all but OTHER_LANES) go to the child one at a time: the
-    next is sent when the last is answered. The child runs them on the thread that reads the
-    pipe, so while it runs one nothing of size may wait in the pipe, or the worker's event loop
-    would block on a send the child does not read."""
+    """Starts the child, sends it operations, resolves their futures from a reader thread."""
 
     def __init__(self, *, loglevel: str = "info", on_stage: Callable[[str, float], None] | None = None,
                  on_death: Callable[[str], None] | None = None) -> None:
@@ -322,8 +292,6 @@ class RecommenderProcess:
         self.ready: Ready | None = None
         self.snapshot: Snapshot | None = None
         self._pending: dict[int, Future] = {}
-        self._held: deque[tuple[int, str, tuple]] = deque()  # the recommender's calls not sent yet
-        self._in_flight: int | None = None  # the recommender's call the child has
         self._next_id = 0
         self._lock = threading.Lock()
         self._closing = False
@@ -369,42 +337,14 @@ class RecommenderProcess:
                 return future
             call_id = self._next_id = self._next_id + 1
             self._pending[call_id] = future
-            if operation not in OTHER_LANES:
-                if self._in_flight is not None:
-                    self._held.append((call_id, operation, args))
-                    return future
-                self._in_flight = call_id
             try:
                 self._conn.send((call_id, operation, args))
             except Exception as exc:
                 del self._pending[call_id]
-                if self._in_flight == call_id:
-                    self._in_flight = None
                 if isinstance(exc, (OSError, EOFError)):
                     raise RecommenderFailed(f"the recommender process is gone: {exc!r}") from exc
                 raise
         return future
-
-    def _send_held(self) -> None:
-        """The last of the recommender's calls was answered: send the next one (holding _lock)."""
-        self._in_flight = None
-        while self._held and self._in_flight is None:
-            call_id, operation, args = self._held.popleft()
-            try:
-                self._conn.send((call_id, operation, args))
-                self._in_flight = call_id
-            except Exception as exc:  # noqa: BLE001 - that call fails; a broken pipe ends _read
-                self._pending.pop(call_id).set_exception(
-                    RecommenderFailed(f"the recommender process is gone: {exc!r}")
-                    if isinstance(exc, (OSError, EOFError)) else exc)
-        if self._closing and self._in_flight is not None and not self._held:
-            self._send_close()  # close() found calls held: the child stops after the last
-
-    def _send_close(self) -> None:
-        try:
-            self._conn.send(None)
-        except (OSError, ValueError):
-            pass
 
     def _read(self) -> None:
         while True:
@@ -420,8 +360,6 @@ class RecommenderProcess:
                     self.on_stage(name, seconds)
             with self._lock:
                 future = self._pending.pop(call_id)
-                if call_id == self._in_flight:
-                    self._send_held()
             if ok:
                 future.set_result(result)
             else:
@@ -432,7 +370,6 @@ class RecommenderProcess:
                 self.died = f"the recommender process exited with {self.process.exitcode}"
             reason = self.died or "the recommender process closed"
             pending, self._pending = list(self._pending.values()), {}
-            self._held.clear()
         self._closed.set()
         for future in pending:  # cancelled by the close, or lost with the process
             future.set_exception(RecommenderFailed(reason))
@@ -447,8 +384,11 @@ class RecommenderProcess:
             return
         with self._lock:
             self._closing = True
-            if self.died is None and not self._held:  # else sent after the last held call
-                self._send_close()
+            if self.died is None:
+                try:
+                    self._conn.send(None)
+                except (OSError, ValueError):
+                    pass
         if self.ready is not None:  # else no reader thread: the child failed to start
             self._closed.wait(timeout_s)
         self.process.join(timeout=timeout_s)

@@ -104,32 +104,6 @@ def test_close_flushes_and_releases_the_store_for_the_next_process(child_env):
         second.close()
 
 
-def test_calls_sent_together_are_answered_in_order_and_close_waits_for_the_held_ones(child_env):
-    """The recommender's own calls go to the child one at a time (the next when the last is
-    answered); a maintenance call is not held behind them, and close() sends its stop only
-    after the calls it found held."""
-    recommender = started()
-    try:
-        recommender.submit("items", ITEMS).result(timeout=60)
-        finished: list[str] = []
-        calls = [(f"u{n}", recommender.submit("events", [ev(n, f"u{n}", f"i{n}")], ["0"])) for n in range(6)]
-        for user, call in calls:
-            call.add_done_callback(lambda _f, user=user: finished.append(user))
-        maintenance = recommender.submit("persist_state")
-        described = [recommender.submit("describe_user", f"u{n}") for n in range(6)]
-        maintenance.result(timeout=60)
-        for _user, call in calls:
-            out, _segments = call.result(timeout=60)
-            assert [o.topic for o in out if o.topic == "recommendations"] == ["recommendations"]
-        assert finished == [f"u{n}" for n in range(6)]
-        assert all(d.result(timeout=60)["events"] == 1 for d in described)
-        last = [recommender.submit("describe_user", f"u{n}") for n in range(3)]
-    finally:
-        recommender.close(timeout_s=60)
-    assert all(call.result(timeout=0)["events"] == 1 for call in last)  # answered before the stop
-    assert recommender.process.exitcode == 0
-
-
 def test_a_dead_child_fails_what_was_pending_and_tells_the_worker(child_env):
     died = threading.Event()
     reasons: list[str] = []

@@ -151,7 +151,8 @@ class Shop:
 
     On 2 cores the bench's CPU is the worker's. kafka-python with a sleep and a send per event
     took 20% of a core at 1,000 events/s where this producer takes 9%, and a threaded kafka-python
-    reader 9% where this one takes 4% (same broker, acks=1, fetch wait 10 ms; reports/perf-20261207). An event's send time is its scheduled time (first send + i / rate),
+    reader 9% where this one takes 4% (same broker, acks=1, fetch wait 10 ms;
+    reports/perf-20261207). An event's send time is its scheduled time (first send + i / rate),
     never later than the producer took it, so freshness also counts any lag of the generator
     itself; sent flat out (rate 0), it is the time the producer took it."""
 
@@ -173,8 +174,10 @@ class Shop:
     async def _start(bootstrap: str, topic: str):
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        # No linger: the tick already gathers what is due into one batch per partition.
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+        # A 5 ms linger on top of the 5 ms tick: without it (linger 0) freshness at 100/s fell by ~6 ms,
+        # but the broker stored twice the record batches, and Tansu's fetches scan them: at 1,000/s
+        # its CPU rose 29% -> 36% of a core and p99 to 66-79 ms (reports/perf-20261207).
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await producer.start()
@@ -496,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"broker Tansu (4 partitions per topic); worker settings: defaults "
          "(batch 500, window 2 ms, fetch wait 10 ms, 100 candidates, k 10) + session timeout 6 s"
          f"{''.join(f' + {k}={v}' for k, v in overrides.items())}; "
-         "producer: aiokafka, acks=1, the events due sent every 5 ms, no linger (Shop; the catalog: "
+         "producer: aiokafka, acks=1, linger 5 ms, the events due sent every 5 ms (Shop; the catalog: "
          "stream.replay.producer)")
     note({"once": "one broker and one worker for every phase: the topics keep growing from phase to phase",
           "repetition": "a fresh broker and worker (catalog and warm-up included) for every repetition: Tansu's "
@@ -574,8 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     note("events/s at a fixed rate: events / (first send -> worker counted the last); at saturation: events "
          "processed after the producer finished / time to finish them (pure worker capacity)")
     note("freshness: the event's scheduled send time (at a fixed rate; flat out, when the producer took it) -> "
-         "recommendation read by the bench's aiokafka consumer (includes the generator's 5 ms tick "
-         "and the reader's 10 ms fetch wait); matched share: events that were "
+         "recommendation read by the bench's aiokafka consumer (includes the generator's 5 ms tick, "
+         "the producer's 5 ms linger and the reader's 10 ms fetch wait); matched share: events that were "
          "their user's last in a batch get a recommendation with their trigger_event_id")
 
     split = []
@@ -586,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         split.append([name] + cells)
     table(["phase", "to the worker's answer p50 ms", "p99 ms", "delivery p50 ms", "p99 ms"], split)
     note("freshness split at the recommendation record's timestamp (when the worker's producer took it): "
-         "send time -> answer covers the generator's tick, the broker, the worker's fetch "
+         "send time -> answer covers the generator's tick, the producer's linger, the broker, the worker's fetch "
          "wait, batching and handling; delivery covers the broker's ack and the reader's fetch wait")
 
     table(["phase", "where the worker's time goes", "calls", "ms per call", "µs per message", "share of wall"],

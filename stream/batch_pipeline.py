@@ -13,9 +13,7 @@ and computed, with these guarantees:
 - at most one batch is finishing while the next is computed: while `finish` cannot complete
   (a broker refusing sends), no further batch is taken;
 - an exception from `validate` or `compute` (the worker stops) leaves that batch and every later
-  one unacked;
-- an agent cancelled (the worker stopping) lets the batch being computed and the one finishing
-  complete, up to `stop_timeout_s`.
+  one unacked.
 
 `validate`, `compute` and `finish` do their own retrying (stream/app.py wraps them in
 `until_done`); this module only orders them.
@@ -54,11 +52,9 @@ async def handle_overlapped(
             computing = asyncio.create_task(compute(accepted))
             previous, finishing = finishing, asyncio.create_task(
                 _finish(batch, accepted, computing, finishing, finish, ack, on_done, taken_at))
-            # Shielded: an agent cancelled here (the worker stopping) leaves both running, and
-            # waits for them below, so the batch in hand is answered and acked, not redone.
-            await asyncio.shield(computing)
+            await computing
             if previous is not None:
-                await asyncio.shield(previous)
+                await previous
     finally:
         if finishing is not None:
             done, _ = await asyncio.wait([finishing], timeout=stop_timeout_s)

@@ -140,20 +140,3 @@ def test_cancelling_lets_the_finishing_batch_complete():
 
     asyncio.run(main())
     assert rec.order("ack") == [0]
-
-
-def test_cancelling_while_a_batch_is_computed_still_answers_and_acks_it():
-    """The worker stops while the recommender computes: that batch is not thrown away (it would be
-    consumed and computed again by the next owner), it is finished within the stop timeout."""
-    rec = Recorder(compute_s=0.1, finish_s=0.01)
-
-    async def main():
-        task = asyncio.create_task(handle_overlapped(from_list(range(5)), **rec.steps()))
-        await asyncio.sleep(0.15)  # batch 0 done computing, batch 1 computing
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
-    assert rec.order("ack") == [0, 1]
-    assert rec.order("compute") == [0, 1]

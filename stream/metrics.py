@@ -107,7 +107,7 @@ class WorkerMetrics:
             "streamrec_freshness_seconds", "Event published to its recommendation published.",
             buckets=FRESHNESS_BUCKETS, registry=self.registry,
         )
-        self.batch = Histogram("streamrec_batch_seconds", "Time from taking a batch to acking its input.", ["topic"],
+        self.batch = Histogram("streamrec_batch_seconds", "Time to process one batch.", ["topic"],
                                buckets=LATENCY_BUCKETS, registry=self.registry)
         self.stage = Histogram("streamrec_stage_seconds", "Time in one stage of a batch.", ["stage"],
                                buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -20,7 +20,6 @@ from faust.web import Request as WebRequest, Response, View
 
 from inference.schemas import DeadLetter, Erasure, Event, Intent, Item, Message, ModelUpdate, Request, RequestFilters, utcnow
 from inference.store import StoreError
-from stream.batch_pipeline import handle_overlapped
 from stream.batching import GrowingBatchStream
 from stream.intake import Accepted, Limits, Rejected, decode
 from stream.kafka_auth import faust_credentials
@@ -187,18 +186,18 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
             elif m.topic == "segments":
                 state.segment_changes[m.segment] += 1
 
-    async def until_done(what: str, body: Callable[[], Awaitable[Any]]) -> Any:
-        """Retry a step of a batch's handling until it succeeds and return its result: nothing may
-        escape an agent, and redoing a step is safe (profile updates are idempotent by event id,
-        recommendations carry deterministic ids)."""
+    async def until_done(what: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Retry a batch's whole handling until it succeeds. Faust acks a batch even when its
+        body raises, so nothing may escape: redoing a batch is safe (profile updates are
+        idempotent by event id, recommendations carry deterministic ids)."""
         delay, failed = 0.5, False
         while True:
             try:
-                result = await body()
+                await body()
                 if failed:
                     log.info("a %s batch went through after retries", what)
                     state.healthy, state.last_error = True, None
-                return result
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the broker refusing our sends
@@ -207,81 +206,57 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
 
-    def batches(name: str, model: type[Message], compute: Callable[[list[tuple[Any, Message]]], Awaitable[Any]],
-                finish: Callable[[list[tuple[Any, Message]], Any], Awaitable[None]]):
-        """An agent body: take batches, dead-letter what fails validation, hand the rest to the
-        recommender (`compute`), publish its answers (`finish`) and ack the batch; a batch's
-        answers go out while the next batch is computed (stream/batch_pipeline.py). Each step is
-        retried until it succeeds (`until_done`); nothing is acked before its answers are."""
-
-        async def validate(batch):
-            async def body():
-                with metrics.time_stage("validate"):
-                    return await accept(batch, model)
-
-            return await until_done(name, body)
-
-        async def compute_batch(accepted):
-            return await until_done(name, lambda: compute(accepted)) if accepted else None
-
-        async def finish_batch(accepted, result) -> None:
-            if accepted:
-                await until_done(name, lambda: finish(accepted, result))
+    def batches(name: str, model: type[Message], handle: Callable[[list[tuple[Any, Message]]], Awaitable[None]]):
+        """An agent body: take batches, dead-letter what fails validation, hand over the rest."""
 
         async def agent(stream):
-            async def ack(batch) -> None:
-                for event in batch:
-                    await stream.ack(event)
+            async for batch in stream.take_growing(
+                settings.batch_size, idle_s=settings.batch_window_s, max_wait_s=settings.batch_max_wait_s
+            ):
+                async def body(batch=batch):
+                    with metrics.time_stage("validate"):
+                        accepted = await accept(batch, model)
+                    if accepted:
+                        await handle(accepted)
 
-            await handle_overlapped(
-                stream.take_growing(settings.batch_size, idle_s=settings.batch_window_s,
-                                    max_wait_s=settings.batch_max_wait_s),
-                validate=validate, compute=compute_batch, finish=finish_batch, ack=ack,
-                on_done=metrics.batch.labels(name).observe, stop_timeout_s=settings.send_timeout_s,
-            )
+                with metrics.batch.labels(name).time():
+                    await until_done(name, body)
 
         agent.__name__ = f"on_{name}"
         return agent
 
-    async def compute_items(accepted):
-        return await process(accepted, "items")
-
-    async def finish_items(accepted, _results) -> None:
+    async def handle_items(accepted) -> None:
+        await process(accepted, "items")
         state.processed["item"] += len(accepted)
 
-    async def compute_events(accepted):
-        return await process(accepted, "events", by_partition=True)
-
-    async def finish_events(accepted, answered) -> None:
+    async def handle_events(accepted) -> None:
         # Kafka's CreateTime of each event: freshness is measured from publication.
         published_at = {m.event_id: e.message.timestamp for e, m in accepted}
+        answered = await process(accepted, "events", by_partition=True)
         await publish([m for messages, _ in answered for m in messages], published_at)
         for _, segment_counts in answered:
             state.segments = segment_counts or state.segments
         for _, event in accepted:
             state.processed[f"event.{event.type.value}"] += 1
 
-    def answering(operation: str, counter: str):
-        """compute and finish for a topic whose every answer is published as it is (intents,
-        requests, erasures: an erasure is confirmed only once the store's delete returned and
-        was flushed)."""
+    async def handle_intents(accepted) -> None:
+        await publish(_flat(await process(accepted, "intents")))
+        state.processed["intent"] += len(accepted)
 
-        async def compute(accepted):
-            return await process(accepted, operation)
+    async def handle_requests(accepted) -> None:
+        await publish(_flat(await process(accepted, "requests")))
+        state.processed["request"] += len(accepted)
 
-        async def finish(accepted, results) -> None:
-            await publish(_flat(results))
-            state.processed[counter] += len(accepted)
+    async def handle_erasures(accepted) -> None:
+        # Confirmed only once the store's delete returned and was flushed.
+        await publish(_flat(await process(accepted, "erasures")))
+        state.processed["erasure"] += len(accepted)
 
-        return compute, finish
-
-    app.agent(erasures_topic, name="streamrec.on_erasures")(
-        batches("erasures", Erasure, *answering("erasures", "erasure")))
-    app.agent(items_topic, name="streamrec.on_items")(batches("items", Item, compute_items, finish_items))
-    app.agent(events_topic, name="streamrec.on_events")(batches("events", Event, compute_events, finish_events))
-    app.agent(intents_topic, name="streamrec.on_intents")(batches("intents", Intent, *answering("intents", "intent")))
-    app.agent(requests_topic, name="streamrec.on_requests")(
-        batches("requests", Request, *answering("requests", "request")))
+    app.agent(erasures_topic, name="streamrec.on_erasures")(batches("erasures", Erasure, handle_erasures))
+    app.agent(items_topic, name="streamrec.on_items")(batches("items", Item, handle_items))
+    app.agent(events_topic, name="streamrec.on_events")(batches("events", Event, handle_events))
+    app.agent(intents_topic, name="streamrec.on_intents")(batches("intents", Intent, handle_intents))
+    app.agent(requests_topic, name="streamrec.on_requests")(batches("requests", Request, handle_requests))
 
     @app.task
     async def declare_topics():

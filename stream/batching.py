@@ -14,11 +14,9 @@ process computes the last, and a backlog's next batch is ready the moment the la
 the buffer closed, a fifth of a saturated worker's time went to refilling it, perf-20261203b).
 At most `max_` events wait in the buffer; the rest stay in the consumer's queue.
 
-It is `take_events` of faust-streaming 0.15.3 otherwise (same buffering processor), except that
-it leaves acking to the caller (`await stream.ack(event)` once the batch's answers are out): the
-worker acks a batch while it already computes the next one (stream/app.py), in batch order, so it
-keeps Faust's at-least-once semantics. `_check_faust` fails loudly if the private parts it uses
-move.
+It is `take_events` of faust-streaming 0.15.3 otherwise (same buffering processor, every event
+acked after its batch was handled, in order), so the worker keeps Faust's at-least-once
+semantics; `_check_faust` fails loudly if the private parts it uses move.
 """
 
 from __future__ import annotations
@@ -48,9 +46,8 @@ class GrowingBatchStream(faust.Stream):
 
     def take_growing(self, max_: int, *, idle_s: float, max_wait_s: float) -> AsyncIterator[list[EventT]]:
         """Lists of at most `max_` events: each closes after `idle_s` without a new event, or
-        `max_wait_s` after its first event; the next batch fills while the caller handles one.
-        The caller acks every event (`await self.ack(event)`) once it is handled: Faust commits
-        an offset only when every event before it is acked."""
+        `max_wait_s` after its first event. Events are acked once the caller asks for the next
+        batch, i.e. after it handled this one; the next batch fills meanwhile."""
         if max_ < 1 or idle_s <= 0 or max_wait_s < idle_s:
             raise ValueError(
                 f"take_growing needs max_ >= 1 and 0 < idle_s <= max_wait_s, not {max_}, {idle_s}, {max_wait_s}"
@@ -93,7 +90,7 @@ class GrowingBatchStream(faust.Stream):
                 await self.crash(exc)
             return value
 
-        self.enable_acks = False  # the caller acks, after it handled the batch
+        self.enable_acks = False  # acked below, after the caller handled the batch
         self.add_processor(add_to_buffer)
         self._enable_passive(aiter(self.channel))
         try:
@@ -117,7 +114,11 @@ class GrowingBatchStream(faust.Stream):
                 events.clear()
                 buffer_full.clear()
                 taken.set()
-                yield batch
+                try:
+                    yield batch
+                finally:
+                    for event in batch:
+                        await self.ack(event)
         finally:
             self.enable_acks = acks_enabled
             self._processors.remove(add_to_buffer)

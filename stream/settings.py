@@ -64,7 +64,7 @@ class StreamSettings(BaseSettings):
     send_timeout_s: float = Field(
         default=30.0, gt=0,
         description="Longest the worker waits for the broker to acknowledge what it publishes; then it "
-        "reports itself unhealthy and sends the batch's answers again (nothing is acked before its answers are).",
+        "reports itself unhealthy and handles the batch again (nothing is acked before its answers are).",
     )
     session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer-group session timeout.")
     stop_timeout_s: float = Field(

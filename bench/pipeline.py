@@ -401,8 +401,8 @@ def rss_text(pid: int) -> str:
 
 
 class Stack:
-    """A local broker with every topic, one worker, the recommendation reader and a producer; on
-    entry the catalog is published and embedded and the warm-up events are handled."""
+    """A local broker with every topic, one worker and the shop's side (`Shop`); on entry the
+    catalog is published and embedded and the warm-up events are handled."""
 
     def __init__(self, root: Path, onnx_dir: Path, overrides: dict[str, str], items: list, wire: Wire,
                  warmup_events: int, *, catalog_rows: bool):
@@ -527,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                     # one repetition per fixed rate, every saturation one: where a batch's time goes
                     if rep == 0 or rate == 0:
                         label = f"saturation {rep + 1}" if rate == 0 else name
-                        # the settle wait after a phase is idle: it adds CPU-free wall time only
+                        # CPU is counted to after the settle wait (until the last answer arrived),
+                        # while the share of wall uses busy_s: idle processes still cost a little
                         breakdown += stage_rows(label, metrics0, stage_totals(stack.worker), phase.n,
                                                 phase.busy_s, spent_since(cpu0, cpu_by_process(stack.pid, stack.broker.pid)),
                                                 stack.worker.stats()["published"] - published0)

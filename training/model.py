@@ -129,11 +129,20 @@ class ItemTower(nn.Module):
         self.text_proj.weight.copy_(weight.T)
         self.text_proj.bias.copy_(y_mean - x_mean @ weight)
 
-    def embed_text(self, text_vectors: torch.Tensor) -> torch.Tensor:
-        """Item-space vectors for raw text embeddings (no id): for texts that are not items."""
+    def embed_text(self, text_vectors: torch.Tensor, attributes: list[list[int]] | None = None) -> torch.Tensor:
+        """Item-space content vectors (no id) for texts that are not items: the projection of
+        each text embedding, plus the mean of its attributes' vectors (e.g. its title words,
+        :mod:`training.title_words`) where given and the tower has attributes."""
         if self.text_proj is None:
             raise ValueError("this item tower has no text projection")
-        return self.text_proj(text_vectors)
+        out = self.text_proj(text_vectors)
+        if attributes is not None and self.attr_bag is not None:
+            if len(attributes) != text_vectors.shape[0]:
+                raise ValueError(f"{len(attributes)} attribute lists for {text_vectors.shape[0]} texts")
+            flat = torch.as_tensor([a for attrs in attributes for a in attrs], dtype=torch.int64)
+            offsets = torch.as_tensor(np.cumsum([0] + [len(a) for a in attributes[:-1]]), dtype=torch.int64)
+            out = out + self.attr_bag(flat, offsets)
+        return out
 
     def forward(self) -> torch.Tensor:
         mask = self.id_mask
@@ -254,14 +263,25 @@ class TwoTower(nn.Module):
         latest = ((unit_age == 0) & (tokens != PAD) & (tokens != BEGIN)).to(x.dtype)[..., None]
         return h + (x * latest).sum(dim=1, keepdim=True) / latest.sum(dim=1, keepdim=True).clamp(min=1.0)
 
-    def text_user_vectors(self, text_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    def text_user_vectors(self, content: list[torch.Tensor], item_vectors: torch.Tensor) -> torch.Tensor:
         """User vectors for users known only by a text: the user tower over the begin token and
-        one pseudo-item, the text's projection (no id), as the latest unit."""
-        n = text_vectors.shape[0]
-        tokens = torch.tensor([[BEGIN, EXTERNAL]]).expand(n, 2)
-        unit_age = torch.tensor([[1, 0]]).expand(n, 2)
-        extra = torch.zeros(n, 2, self.config.dim)
-        extra[:, 1] = self.items.embed_text(text_vectors)
+        the text's pseudo-items, one per phrase (``content[u]``: (phrases, dim) content vectors,
+        :meth:`ItemTower.embed_text`), read as one basket, the latest unit. A text of several
+        interests stays several items, as a first basket would, instead of one blurred vector."""
+        n = len(content)
+        longest = max((len(c) for c in content), default=0)
+        if longest == 0:
+            raise ValueError("every text user needs at least one pseudo-item")
+        length = min(longest, self.config.max_len) + 1
+        tokens = torch.full((n, length), PAD, dtype=torch.int64)
+        unit_age = torch.zeros((n, length), dtype=torch.int64)
+        extra = torch.zeros(n, length, self.config.dim)
+        for row, vectors in enumerate(content):
+            vectors = vectors[-self.config.max_len :]
+            first = length - len(vectors)
+            tokens[row, first - 1], unit_age[row, first - 1] = BEGIN, 1
+            tokens[row, first:] = EXTERNAL
+            extra[row, first:] = vectors
         return self.encode(item_vectors, tokens, unit_age, extra)[:, -1]
 
 

@@ -86,6 +86,10 @@ def write_report(result: dict[str, Any], folder: Path) -> Path:
             lines += [f"## {title}", ""]
             for name, block in result[section].items():
                 lines += [f"### {name}", "", block.get("protocol", ""), "", *_table(block["results"]), ""]
+                # The comparisons the targets are stated in (ratios), and choices made on validation.
+                facts = {k: v for k, v in block.items() if "_over_" in k or k == "match_weight"}
+                if facts:
+                    lines += [", ".join(f"{k}: {v}" for k, v in facts.items()), ""]
                 if block.get("boost_tradeoff"):
                     lines += [
                         "New items' vectors lengthened by a factor, same model and cases:",

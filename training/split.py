@@ -180,6 +180,13 @@ def sample_users(split: ProtocolSplit, n: int, seed: int = 0) -> ProtocolSplit:
     )
 
 
+def _item_buckets(split: ProtocolSplit, n: int, salt: str) -> np.ndarray:
+    """Each item's bucket in ``0..n-1`` by a hash of its id: deterministic across runs."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(f"{salt}:{item}".encode()).digest()[:8], "big") % n for item in split.item_ids]
+    )
+
+
 def held_out_items(split: ProtocolSplit, fraction: float, salt: str = "cold") -> np.ndarray:
     """A deterministic ``fraction`` of the catalog (by a hash of each item id), as a bool mask.
 
@@ -187,13 +194,18 @@ def held_out_items(split: ProtocolSplit, fraction: float, salt: str = "cold") ->
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    buckets = np.array(
-        [
-            int.from_bytes(hashlib.sha256(f"{salt}:{item}".encode()).digest()[:8], "big") % 1_000_000
-            for item in split.item_ids
-        ]
-    )
-    return buckets < int(round(fraction * 1_000_000))
+    return _item_buckets(split, 1_000_000, salt) < int(round(fraction * 1_000_000))
+
+
+def warm_slices(split: ProtocolSplit, held_out: np.ndarray) -> list[np.ndarray]:
+    """The items not ``held_out``, split by a hash of the id into slices of about the held-out
+    share's size (bool masks): the warm side of the new-item comparison, scored the same way."""
+    fraction = float(np.mean(held_out)) if len(held_out) else 0.0
+    if fraction == 0.0:
+        return []
+    n = max(1, round((1.0 - fraction) / fraction))
+    bucket = _item_buckets(split, n, "warm")
+    return [(bucket == b) & ~held_out for b in range(n)]
 
 
 def without_items(units: Sequence[Sequence[int]], drop: np.ndarray | None) -> list[list[int]]:

@@ -125,8 +125,11 @@ def test_evaluate_online_retail_with_cold_start(
     assert set(cold["new_items"]["median_vector_norm"]) == {"held_out", "trained"}
     assert cold["new_items"]["median_vector_norm"]["held_out"] > 0
     assert set(cold["new_items"]["results"]) == {
-        "streamrec", "popularity", "streamrec_warm_targets", "streamrec_items_known"
+        "streamrec", "popularity", "streamrec_warm_targets", "streamrec_items_known", "streamrec_warm_slices"
     }
+    slices = cold["new_items"]["results"]["streamrec_warm_slices"]
+    assert slices["slices"] == len(slices["hr@10_per_slice"]) >= 1
+    assert slices["hr@10"] == pytest.approx(np.mean(slices["hr@10_per_slice"]), abs=1e-3)
     assert cold["new_items"]["cold_over_known_hr@10"] is None or cold["new_items"]["cold_over_known_hr@10"] >= 0
     tradeoff = cold["new_items"]["boost_tradeoff"]
     assert [t["factor"] for t in tradeoff] == [1.0, 1.1, 1.2, 1.3, 1.4]
@@ -136,7 +139,13 @@ def test_evaluate_online_retail_with_cold_start(
         cold["new_items"]["results"]["streamrec_warm_targets"]["hr@10"], abs=1e-4
     )
     for group in ("text_only_users", "text_only_new_users"):
-        assert {"streamrec", "encoder_cosine", "popularity"} == set(cold[group]["results"])
+        assert {"streamrec", "streamrec_tower", "encoder_phrase_match", "encoder_cosine", "popularity"} == set(
+            cold[group]["results"]
+        )
+    # The match weight is picked on the older customers' validation baskets and reused for the new.
+    weights = cold["text_only_users"]["validation_ndcg@10_by_weight"]
+    assert cold["text_only_users"]["match_weight"] == max(map(float, weights), key=lambda w: weights[str(w)])
+    assert cold["text_only_new_users"]["match_weight"] == cold["text_only_users"]["match_weight"]
     assert cold["text_only_new_users"]["users"] > 0
     for block in cold.values():
         assert "protocol" in block

@@ -18,7 +18,7 @@ from training.fit import (
     fit,
     training_examples,
 )
-from training.model import BEGIN, PAD, TowerConfig, TwoTower, windows
+from training.model import BEGIN, EXTERNAL, PAD, TowerConfig, TwoTower, windows
 from training.split import ProtocolSplit, eval_cases
 
 
@@ -105,9 +105,45 @@ def test_text_user_vectors_have_the_model_dimension() -> None:
     model = TwoTower(5, TowerConfig(dim=8, layers=1, heads=2, max_len=4), text=np.ones((5, 3), np.float32))
     model.eval()
     with torch.no_grad():
-        users = model.text_user_vectors(torch.ones(2, 3), model.items())
+        content = model.items.embed_text(torch.ones(3, 3))
+        users = model.text_user_vectors([content[:1], content[1:]], model.items())
     assert users.shape == (2, 8)
     assert torch.isfinite(users).all()
+
+
+def test_embed_text_adds_the_mean_of_the_texts_attribute_vectors() -> None:
+    model = TwoTower(
+        3, TowerConfig(dim=4, layers=1, heads=2, max_len=4), text=np.ones((3, 2), np.float32),
+        attributes=[[0], [1], [0, 1]], n_attributes=2,
+    )
+    text = torch.ones(2, 2)
+    with torch.no_grad():
+        plain = model.items.embed_text(text)
+        with_words = model.items.embed_text(text, [[0, 1], []])
+        bag = model.items.attr_bag.weight
+    assert torch.allclose(with_words[0], plain[0] + bag.mean(dim=0))
+    assert torch.allclose(with_words[1], plain[1])  # no attribute: the projection alone
+    with pytest.raises(ValueError, match="attribute lists"):
+        model.items.embed_text(text, [[0]])
+
+
+def test_text_user_vectors_read_phrases_as_one_basket_and_ignore_padding() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(5, TowerConfig(dim=8, layers=1, heads=2, max_len=4, unit_recency=True, last_item_skip=True))
+    model.eval()
+    phrases = torch.randn(3, 8)
+    with torch.no_grad():
+        items = model.items()
+        together = model.text_user_vectors([phrases[:1], phrases], items)
+        alone = model.text_user_vectors([phrases[:1]], items)
+        # The same pseudo-items as the latest basket of a real window give the same user vector.
+        tokens = torch.tensor([[BEGIN, EXTERNAL, EXTERNAL, EXTERNAL]])
+        extra = torch.cat([torch.zeros(1, 1, 8), phrases[None]], dim=1)
+        direct = model.encode(items, tokens, torch.tensor([[1, 0, 0, 0]]), extra)[:, -1]
+    assert torch.allclose(together[0], alone[0], atol=1e-5)  # a shorter user's padding is ignored
+    assert torch.allclose(together[1], direct[0], atol=1e-5)
+    with pytest.raises(ValueError, match="pseudo-item"):
+        model.text_user_vectors([phrases[:0]], items)
 
 
 def test_padding_never_produces_nan() -> None:
@@ -236,7 +272,8 @@ def test_unknown_items_start_on_the_known_items_scale_and_are_placed_by_their_te
     model = fit(split, frozen, text=text, drop=drop).model
     with torch.no_grad():
         vectors = model.items()
-        users = model.text_user_vectors(torch.from_numpy(text[1::5]), vectors)  # one text per group
+        content = model.items.embed_text(torch.from_numpy(text[1::5]))  # one text per group
+        users = model.text_user_vectors(list(content[:, None]), vectors)
     norms = vectors.norm(dim=1)
     assert float(norms[torch.from_numpy(drop)].median() / norms[torch.from_numpy(~drop)].median()) > 0.5
     cases = eval_cases(split, "test", only_items=drop)

@@ -14,6 +14,7 @@ from training.split import (
     sample_users,
     split_retail,
     split_sequences,
+    warm_slices,
     without_items,
 )
 
@@ -126,3 +127,17 @@ def test_sample_users_keeps_the_catalog() -> None:
     sample = sample_users(split, 2, seed=1)
     assert sample.n_users == 2 and sample.item_ids == split.item_ids
     assert sample_users(split, 0) is split
+
+
+def test_warm_slices_split_the_known_items_into_held_out_sized_parts() -> None:
+    split = ProtocolSplit(
+        name="t", unit="item", item_ids=[str(i) for i in range(2000)], users=["u"], units=[[[0], [1]]]
+    )
+    held_out = held_out_items(split, 0.1)
+    slices = warm_slices(split, held_out)
+    assert len(slices) == round((~held_out).sum() / held_out.sum()) in (9, 10)
+    stacked = np.stack(slices)
+    assert (stacked.sum(axis=0) == ~held_out).all()  # every known item in exactly one slice
+    assert all(120 < s.sum() < 280 for s in slices)
+    assert all((warm_slices(split, held_out)[k] == s).all() for k, s in enumerate(slices))
+    assert warm_slices(split, np.zeros(2000, dtype=bool)) == []

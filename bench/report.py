@@ -189,29 +189,6 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def blas_threads(n: int | None = None) -> int | None:
-    """Set (when `n` is given) and return numpy's OpenBLAS thread count, or None if unknown.
-
-    numpy's wheels bundle scipy-openblas; its setter is reached through ctypes because
-    threadpoolctl is not a dependency.
-    """
-    import ctypes
-    import glob
-
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so"))
-    if not libs:
-        return None
-    lib = ctypes.CDLL(libs[0])
-    for suffix in ("64_", "_64_", ""):
-        setter = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
-        getter = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
-        if setter is not None and getter is not None:
-            if n is not None:
-                setter(ctypes.c_int(n))
-            return int(getter())
-    return None
-
-
 def rss_split(pid: int | None = None, *, tree: bool = False) -> str:
     """Resident memory split into anonymous (heap, owned) and file-backed (mapped files, reclaimable)."""
     fields = tree_status(pid) if tree and pid else proc_status(pid)

@@ -7,6 +7,8 @@ with and without the recommender's kind of filter (in_stock + category any_of 5 
 
 - EdgeStore.search: p50/p99 latency of one query and sequential QPS;
 - EdgeStore.search_ids with 32 queries per call (what the worker does per batch: ids and scores): QPS;
+- CatalogMatrix.search, single and 32 per call: the worker's exact search in memory, which it uses
+  instead of the store for catalogs up to STREAMREC_EXACT_RETRIEVAL_MAX_ITEMS;
 - numpy brute force in the same process on the same vectors: float32 matmul + argpartition, the
   filter as a boolean mask computed per query (the baseline), single and 32-query batches;
 - the engine alone (EdgeShard.query, bypassing the adapter), without and with the payload of the
@@ -46,7 +48,9 @@ import qdrant_edge as qe
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import MIN_REPEATS, blas_threads, footer, header, median, mib, note, percentiles, ratio, rss_bytes, spread, table
+from bench.report import MIN_REPEATS, footer, header, median, mib, note, percentiles, ratio, rss_bytes, spread, table
+from inference.blas import blas_threads
+from inference.catalog_matrix import CatalogMatrix
 from inference.store import QUANTIZATIONS, EdgeStore, Filter, IndexParams, Point
 
 DIM = 384
@@ -106,6 +110,15 @@ def make_queries(n: int, items: int, seed: int) -> tuple[np.ndarray, list[tuple[
 def store_filter(cats: np.ndarray, lo: float, hi: float) -> Filter:
     return Filter(equals={"in_stock": True}, any_of={"category": [f"cat{c:02d}" for c in cats]},
                   ranges={"price": (lo, hi)})
+
+
+def fill_matrix(vectors, category, price, in_stock) -> CatalogMatrix:
+    """The same items in the worker's in-memory arrays (what its item cache mirrors them into)."""
+    matrix = CatalogMatrix(DIM, capacity=len(vectors))
+    for i in range(len(vectors)):
+        matrix.put(f"i{i}", vectors[i], in_stock=bool(in_stock[i]), category=f"cat{int(category[i]):02d}",
+                   price=float(price[i]))
+    return matrix
 
 
 def fill_store(store: EdgeStore, vectors, category, price, in_stock) -> float:
@@ -323,6 +336,7 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
     t0 = time.perf_counter()
     vectors, category, price, in_stock = make_items(n, seed)
     queries, filters = make_queries(n_queries, n, seed)
+    matrix = fill_matrix(vectors, category, price, in_stock)
     label = f"{n:,}, {params.quantization}" if index else f"{n:,}"
     root = workdir / f"store-{n}-seed{seed}-{params.quantization if index else 'exact'}"
     store, how = open_filled(root, params, index, n, (vectors, category, price, in_stock))
@@ -336,17 +350,21 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
 
         rows = []
         for filtered in (False, True):
-            lat = {"store": [], "numpy": [], "engine": [], "engine_p": []}
-            qps = {"store": [], "numpy": [], "engine": [], "engine_p": [], "store_b": [], "numpy_b": [],
-                   "engine_b": [], "engine_p_b": []}
+            lat = {"store": [], "matrix": [], "numpy": [], "engine": [], "engine_p": []}
+            qps = {"store": [], "matrix": [], "numpy": [], "engine": [], "engine_p": [], "store_b": [], "matrix_b": [],
+                   "numpy_b": [], "engine_b": [], "engine_p_b": []}
             recalls: list[float] = []
+            matrix_recalls: list[float] = []
             for rep in range(repeats):
-                times = {"store": [], "numpy": [], "engine": [], "engine_p": []}
+                times = {"store": [], "matrix": [], "numpy": [], "engine": [], "engine_p": []}
                 for i in range(n_queries):
                     f = filters[i]
                     start = time.perf_counter()
                     hits = store.search(COLLECTION, queries[i], K, filter=store_filter(*f) if filtered else None)
                     times["store"].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    in_memory = matrix.search(queries[i:i + 1], K, filters=[store_filter(*f) if filtered else None])
+                    times["matrix"].append(time.perf_counter() - start)
                     start = time.perf_counter()
                     mask = numpy_mask(category, price, in_stock, *f) if filtered else None
                     exact = numpy_topk(vectors, queries[i], mask)
@@ -360,13 +378,14 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                         expected = {f"i{j}" for j in exact}
                         got = {h.id for h in hits}
                         recalls.append(len(expected & got) / max(len(expected), 1))
+                        matrix_recalls.append(len(expected & set(in_memory[0].ids)) / max(len(expected), 1))
                 for system in times:
                     lat[system].append([t * 1000 for t in times[system]])
                     qps[system].append(n_queries / sum(times[system]))
 
                 # Batches of 32 queries per call, as the worker retrieves for a batch of users.
                 n_batches = max(1, n_queries // BATCH)
-                t_store = t_np = 0.0
+                t_store = t_matrix = t_np = 0.0
                 for b in range(n_batches):
                     idx = [(b * BATCH + j) % n_queries for j in range(BATCH)]
                     fs = [store_filter(*filters[j]) if filtered else None for j in idx]
@@ -374,17 +393,22 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                     store.search_ids(COLLECTION, queries[idx], K, filters=fs)
                     t_store += time.perf_counter() - start
                     start = time.perf_counter()
+                    matrix.search(queries[idx], K, filters=fs)
+                    t_matrix += time.perf_counter() - start
+                    start = time.perf_counter()
                     masks = [numpy_mask(category, price, in_stock, *filters[j]) for j in idx] if filtered else None
                     numpy_topk_batch(vectors, queries[idx], masks)
                     t_np += time.perf_counter() - start
                 qps["store_b"].append(n_batches * BATCH / t_store)
+                qps["matrix_b"].append(n_batches * BATCH / t_matrix)
                 qps["numpy_b"].append(n_batches * BATCH / t_np)
 
             def p(system: str, q: int) -> list[float]:
                 return [percentiles(r, (q,))[0] for r in lat[system]]
 
             kind = "filtered" if filtered else "no filter"
-            names = (("store", "EdgeStore.search (adapter)"), ("engine_p", "EdgeShard.query + payload"),
+            names = (("store", "EdgeStore.search (adapter)"), ("matrix", "CatalogMatrix.search (in memory)"),
+                     ("engine_p", "EdgeShard.query + payload"),
                      ("engine", "EdgeShard.query, ids only"), ("numpy", "numpy brute force (baseline)"))
             for system, name in names:
                 rows.append([
@@ -392,7 +416,9 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
                     spread(p(system, 50), 2), spread(p(system, 99), 2),
                     spread(qps[system], 0), spread(qps[system + "_b"], 0) if qps[system + "_b"] else "–",
                     ratio(median(qps[system]), median(qps["numpy"])),
-                    {"store": f"{np.mean(recalls):.4f} (min {np.min(recalls):.2f})", "numpy": "1 (exact)"}.get(system, "–"),
+                    {"store": f"{np.mean(recalls):.4f} (min {np.min(recalls):.2f})",
+                     "matrix": f"{np.mean(matrix_recalls):.4f} (min {np.min(matrix_recalls):.2f})",
+                     "numpy": "1 (exact)"}.get(system, "–"),
                 ])
             print(f"  … {label} {kind} done", file=sys.stderr, flush=True)
         exclusion_rows += run_exclusion(store, n, label, vectors, in_stock, queries, repeats, seed)
@@ -421,7 +447,7 @@ def run_size(n: int, n_queries: int, repeats: int, seed: int, workdir: Path, thr
         note(f"{label}: store directory {mib(size)} on disk (apparent size)" + (f", kept in {root}" if keep else ""))
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-        del vectors
+        del vectors, matrix
         gc.collect()
 
 

@@ -14,6 +14,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from inference.catalog_matrix import CatalogMatrix
 from inference.profiles import decay
 from inference.schemas import Item
 from inference.store import Point, VectorStore
@@ -77,28 +78,57 @@ class ItemCache:
     store: with several workers, each consumes only its share of the catalog topic, and this
     bounds how long another worker's change (price, stock, deletion) goes unseen here. An item
     the store no longer has is forgotten when it is next asked for. Expired records stay listed
-    by :meth:`records` (the catalog as last seen, for clustering) until then."""
+    by :meth:`records` (the catalog as last seen, for clustering) until then.
+
+    `matrix`, when given, mirrors every record held (CatalogMatrix: exact search in memory).
+    `complete` says the cache holds the whole collection as of its last full read (`load`),
+    which is what makes searching the mirror equivalent to searching the store."""
 
     def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000, *,
-                 ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+                 ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 matrix: CatalogMatrix | None = None):
         self._store, self._collection, self._capacity = store, collection, capacity
         self._ttl_s, self._clock = ttl_s, clock
         self._records: OrderedDict[str, ItemRecord] = OrderedDict()
         self._fresh_until: OrderedDict[str, float] = OrderedDict()  # in put order, so expiry is from the front
         self._expired: set[str] = set()
+        self.matrix = matrix
+        self.complete = False
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    def load(self, records: Iterable[ItemRecord], *, keep: Iterable[str] = ()) -> None:
+        """Hold exactly `records`, a full read of the collection, except the items in `keep`
+        (changed here since the read began), whose records here are newer than the read's."""
+        keep = set(keep)
+        records = [r for r in records if r.item_id not in keep]
+        read = {r.item_id for r in records}
+        for item_id in [i for i in self._records if i not in read and i not in keep]:
+            self.forget(item_id)
+        for record in records:
+            self.put(record)
+        self.complete = len(read) + len(keep) <= self._capacity
 
     def put(self, record: ItemRecord) -> None:
         item_id = record.item_id
         self._records[item_id] = record
+        if self.matrix is not None:
+            self.matrix.put(item_id, record.vector, in_stock=record.in_stock, category=record.category,
+                            price=record.price)
         self._records.move_to_end(item_id)
         self._fresh_until[item_id] = self._clock() + self._ttl_s
         self._fresh_until.move_to_end(item_id)
         self._expired.discard(item_id)
         while len(self._records) > self._capacity:
             self.forget(next(iter(self._records)))
+            self.complete = False
 
     def forget(self, item_id: str) -> None:
         self._records.pop(item_id, None)
+        if self.matrix is not None:
+            self.matrix.forget(item_id)
         self._fresh_until.pop(item_id, None)
         self._expired.discard(item_id)
 

@@ -33,6 +33,7 @@ from inference.catalog import (
     record_from_point,
     text_hash,
 )
+from inference.catalog_matrix import CatalogMatrix
 from inference.clustering import InterestCentroid, interest_centroids
 from inference.encoder import TextEncoder
 from inference.experiments import VariantSpec, assign_variant
@@ -89,7 +90,7 @@ from inference.segments import RfmCutoffs
 from inference.segments import score as rfm_score
 from inference.settings import InferenceSettings
 from inference.state_blobs import StateBlobs
-from inference.store import Filter, IndexParams, Point, StoreUnavailable, VectorStore, open_store
+from inference.store import Filter, IndexParams, Point, ScoredIds, StoreUnavailable, VectorStore, open_store
 from inference.topics import Topics
 
 log = logging.getLogger("streamrec.recommender")
@@ -199,7 +200,8 @@ class Recommender:
             stored_id=pseudonymiser(key.get_secret_value().encode() if key else None),
         )
         store.ensure_collection(USERS, self.dim)
-        self.items = ItemCache(store, items_collection, ttl_s=settings.item_cache_ttl_s)
+        self.items = self._item_cache(items_collection)
+        self._changed_during_read: set[str] | None = None  # item ids touched while refresh_catalog reads
         # Ranks by every worker's counts: the merge of all shares, plus what this worker counted
         # since (inference/popularity_shares.py). `_counting` are the shares this worker counts
         # into, `_unwritten` those with counts not yet written.
@@ -255,10 +257,39 @@ class Recommender:
     def model_version(self) -> str:
         return self.encoder.version
 
+    def _item_cache(self, collection: str) -> ItemCache:
+        matrix = CatalogMatrix(self.dim) if self.settings.exact_retrieval_max_items > 0 else None
+        return ItemCache(self.store, collection, ttl_s=self.settings.item_cache_ttl_s, matrix=matrix)
+
     def _load_catalog(self) -> None:
         """Warm the item cache (one scroll at start-up)."""
-        for point in self.store.scroll(self.items_collection, with_vectors=True):
-            self.items.put(record_from_point(point))
+        self.items.load(self.read_catalog())
+
+    def read_catalog(self, collection: str | None = None) -> list[ItemRecord]:
+        """Every item of the collection as stored (any thread: it touches no recommender state)."""
+        return [record_from_point(p) for p in self.store.scroll(collection or self.items_collection, with_vectors=True)]
+
+    def begin_catalog_read(self) -> str:
+        """Step 1 of `refresh_catalog` (recommender thread): note the items changed from now on."""
+        self._changed_during_read = set()
+        return self.items_collection
+
+    def install_catalog(self, collection: str, records: Sequence[ItemRecord]) -> int:
+        """Step 3 (recommender thread): hold what was read, but for items changed here since."""
+        changed, self._changed_during_read = self._changed_during_read, None
+        if collection != self.items_collection or changed is None:  # a model swap came between
+            return len(self.items)
+        self.items.load(records, keep=changed)
+        return len(self.items)
+
+    def _retrieve(self, queries: np.ndarray, limit: int, filters: Sequence[Filter]) -> list[ScoredIds]:
+        """Ids and scores per query: from the catalog arrays (exact, in memory) while the item
+        cache holds the whole catalog and it is small enough, else from the store."""
+        matrix = self.items.matrix
+        if (matrix is not None and self.items.complete and len(matrix) <= self.settings.exact_retrieval_max_items
+                and all(map(matrix.answers, filters))):
+            return matrix.search(queries, limit, filters=filters)
+        return self.store.search_ids(self.items_collection, queries, limit, filters=filters)
 
     def _load_state(self) -> None:
         """Popularity, topics, bandit arms and per-segment popularity from the state blobs."""
@@ -344,7 +375,7 @@ class Recommender:
             self.store.delete(plan.collection, gone)
         previous = self.model_version
         self.encoder, self.items_collection = plan.encoder, plan.collection
-        self.items = ItemCache(self.store, plan.collection, ttl_s=self.settings.item_cache_ttl_s)
+        self.items = self._item_cache(plan.collection)
         self._load_catalog()
         self._load_state()
         self.profiles.invalidate()
@@ -407,8 +438,9 @@ class Recommender:
                     self.topics.forget(i.item_id)
         texts = {i.item_id: item_text(i.title, i.category, i.description) for i in live}
         digests = {i.item_id: text_hash(texts[i.item_id], self.model_version) for i in live}
-        if self._changed_during_swap is not None:
-            self._changed_during_swap.update(latest)
+        for changing in (self._changed_during_swap, self._changed_during_read):
+            if changing is not None:
+                changing.update(latest)
         existing = {p.id: p for p in self.store.retrieve(self.items_collection, list(texts), with_vectors=True)}
         to_embed = [i for i in live if existing.get(i.item_id) is None
                     or existing[i.item_id].payload.get("text_hash") != digests[i.item_id]]
@@ -802,10 +834,8 @@ class Recommender:
             store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 # Ids and scores only: title, category and price come from the item cache.
-                found_per_query = self.store.search_ids(
-                    self.items_collection, np.stack([q for _, q in flat]), limit,
-                    filters=[store_filters[i] for i, _ in flat],
-                )
+                found_per_query = self._retrieve(np.stack([q for _, q in flat]), limit,
+                                                 [store_filters[i] for i, _ in flat])
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         with self._stage("rank"):
             hits_by_index = self._candidate_pools([i for i, _ in flat], found_per_query)

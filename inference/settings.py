@@ -81,6 +81,17 @@ class InferenceSettings(BaseSettings):
     session_gap_minutes: float = Field(default=30.0, gt=0, description="Inactivity that starts a new session.")
     session_weight: float = Field(default=0.5, ge=0, le=1, description="Share of the session vector in the query.")
 
+    exact_retrieval_max_items: int = Field(
+        default=20_000, ge=0,
+        description="Catalogs up to this many items are retrieved from exactly in memory (the worker's copy of "
+        "every item vector, one matrix product per batch); larger ones from the vector store's index. 0: always "
+        "the store. With a Qdrant server the copy is read again every item_cache_ttl_s, for other workers' changes.",
+    )
+    blas_threads: int = Field(
+        default=1, ge=1, le=256,
+        description="numpy's BLAS threads in the worker's recommender process. OpenBLAS spins idle threads, "
+        "which took cores from the worker's other process and the broker (bench/reports/perf-20261207b).",
+    )
     candidates: int = Field(default=100, ge=1, le=1000, description="ANN candidates retrieved before re-ranking.")
     default_k: int = Field(default=10, ge=1, le=200, description="Items per recommendation unless a request says otherwise.")
     exclude_purchased: bool = Field(
@@ -167,3 +178,11 @@ class InferenceSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown segments {unknown}; known: {', '.join(SEGMENTS)}")
         return boost
+
+    @property
+    def catalog_refresh_s(self) -> float | None:
+        """How often the worker reads the catalog again for exact retrieval: with a Qdrant server,
+        other workers write items too; the embedded store is locked to this one, which sees every
+        change it makes. None: never."""
+        shared = bool(self.qdrant_url) and self.qdrant_url != ":memory:"
+        return self.item_cache_ttl_s if shared and self.exact_retrieval_max_items > 0 else None

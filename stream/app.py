@@ -54,7 +54,8 @@ async def acknowledged(pending: Sequence[asyncio.Future], timeout_s: float, what
         future.result()
 
 
-def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, default_k: int) -> StreamrecApp:
+def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, default_k: int,
+              catalog_refresh_s: float | None = None) -> StreamrecApp:
     app = StreamrecApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -289,6 +290,12 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
         await refresh_groups()
 
     app.timer(interval=settings.groups_refresh_s)(refresh_groups)
+
+    if catalog_refresh_s is not None:
+        @app.timer(interval=catalog_refresh_s)
+        async def refresh_catalog():
+            """Read the catalog again for exact retrieval: items other workers consumed."""
+            await in_executor("refresh_catalog")
 
     # ---- model rollout: follow streamrec.model-updates, swap with no gap in answering ----------
     swap_lock = asyncio.Lock()

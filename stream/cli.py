@@ -38,7 +38,8 @@ def _worker(args: argparse.Namespace) -> int:
     except RecommenderFailed as exc:
         logging.getLogger("streamrec").error("%s", exc)
         return 1
-    app = build_app(stream_settings, recommender, default_k=inference_settings.default_k)
+    app = build_app(stream_settings, recommender, default_k=inference_settings.default_k,
+                    catalog_refresh_s=inference_settings.catalog_refresh_s)
     logging.getLogger("streamrec").info(
         "worker: model %s (%s) on %s, store %s, broker %s", recommender.model_version, recommender.ready.precision,
         list(recommender.ready.providers), inference_settings.qdrant_url or inference_settings.data_dir,

@@ -97,7 +97,8 @@ def outgoing(messages) -> list[Outgoing]:
 class RecommenderService:
     """The operations the worker asks of its recommender, each on its lane."""
 
-    LANES = {"persist_state": "maintenance", "refresh_groups": "maintenance", "swap_model": "swap"}
+    LANES = {"persist_state": "maintenance", "refresh_groups": "maintenance", "refresh_catalog": "maintenance",
+             "swap_model": "swap"}
 
     def __init__(self, recommender) -> None:
         self.recommender = recommender
@@ -175,6 +176,13 @@ class RecommenderService:
         fitted = self.recommender.fit_groups(read.vectors, self.on_recommender(self.recommender.item_records))
         return self.on_recommender(self.recommender.install_groups, read.segments, fitted)
 
+    def refresh_catalog(self) -> int:
+        """Read the whole catalog again here (the slow part) and install it between two batches:
+        the recommender's in-memory copy then holds what other workers upserted or deleted."""
+        collection = self.on_recommender(self.recommender.begin_catalog_read)
+        records = self.recommender.read_catalog(collection)
+        return self.on_recommender(self.recommender.install_catalog, collection, records)
+
     def swap_model(self, path: str, version: str) -> dict:
         """Load the announced encoder and embed the catalog with it here, while the recommender
         keeps answering with the old one; then switch between two batches."""
@@ -198,7 +206,8 @@ class RecommenderService:
 
 
 OPERATIONS = frozenset({"events", "items", "intents", "requests", "erasures", "recommend", "describe_user",
-                        "status", "persist_state", "refresh_groups", "swap_model"})
+                        "status", "persist_state", "refresh_groups", "refresh_catalog",
+                        "swap_model"})
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -229,12 +238,15 @@ def _child_main(conn: Connection, loglevel: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    from inference.blas import blas_threads
     from inference.recommender import open_recommender
     from inference.settings import InferenceSettings
     from inference.store import StoreError
 
     try:
-        recommender = open_recommender(InferenceSettings())
+        settings = InferenceSettings()
+        blas_threads(settings.blas_threads)
+        recommender = open_recommender(settings)
     except BaseException as exc:  # noqa: BLE001 - told to the parent, which exits with it
         conn.send(("failed", "".join(traceback.format_exception(exc))))
         raise SystemExit(1) from None

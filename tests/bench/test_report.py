@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.memory import DIM, Shop, state_fields, vector_chars
 from bench.pipeline import Wire
-from bench.report import blas_threads, percentiles, process_tree, ratio, rss_bytes, spread, table
+from bench.report import percentiles, process_tree, ratio, rss_bytes, spread, table
 from bench.retrieval import make_items, make_queries, numpy_mask, numpy_topk, numpy_topk_batch
 from inference.profile_store import profile_to_point
 from inference.schemas import Event, EventType
@@ -41,16 +41,6 @@ def test_table_prints_markdown(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines[0].startswith("| a") and set(lines[1]) <= {"|", "-"}
     assert len(lines) == 4 and all(line.count("|") == 3 for line in lines)
-
-
-def test_blas_threads_reads_back_what_it_sets():
-    before = blas_threads()
-    if before is None:  # a numpy without bundled scipy-openblas
-        return
-    try:
-        assert blas_threads(1) == 1
-    finally:
-        blas_threads(before)
 
 
 def test_numpy_topk_is_exact_and_respects_the_mask():

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.catalog import ITEMS, ItemCache, ItemRecord, Popularity
-from inference.store import Point, open_store
+from inference.catalog import ITEMS, ItemCache, ItemRecord, Popularity, record_from_point
+from inference.catalog_matrix import CatalogMatrix
+from inference.store import Filter, Point, open_store
 
 HALF_LIFE = 86_400.0
 
@@ -132,5 +133,37 @@ def test_the_item_cache_evicts_the_least_recently_written_beyond_its_capacity(tm
         cache.get_many([f"i{n}" for n in range(5)])
         assert len(cache) == 3
         assert len(cache.get_many([f"i{n}" for n in range(5)])) == 5  # evicted ones are read again
+    finally:
+        store.close()
+
+
+def test_the_cache_mirrors_what_it_holds_into_its_matrix_and_says_when_it_holds_everything(tmp_path):
+    """A re-read record, a forgotten one and a full read (`load`) all reach the arrays that the
+    recommender searches; `complete` holds after a full read within capacity, not after an eviction."""
+    store = open_store(url=None, api_key=None, data_dir=tmp_path)
+    try:
+        store.ensure_collection(ITEMS, 4)
+        store.upsert(ITEMS, [_point(f"i{n}", float(n)) for n in range(4)])
+        now = [0.0]
+        cache = ItemCache(store, capacity=5, ttl_s=10.0, clock=lambda: now[0], matrix=CatalogMatrix(4))
+        assert not cache.complete
+        cache.load(record_from_point(p) for p in store.scroll(ITEMS, with_vectors=True))
+        assert cache.complete and len(cache.matrix) == 4
+
+        store.upsert(ITEMS, [_point("i0", 99.0), _point("new", 1.0)])  # another worker
+        store.delete(ITEMS, ["i1"])
+        now[0] = 10.0
+        cache.get_many(["i0", "i1"])  # expired: read again
+        assert "i1" not in cache.matrix and "new" not in cache.matrix
+        cheap = Filter(ranges={"price": (None, 50.0)})
+        assert "i0" not in cache.matrix.search(np.ones((1, 4), dtype=np.float32), 10, filters=[cheap])[0].ids
+
+        cache.put(ItemRecord("mine", np.ones(4, dtype=np.float32), "mine", None, 2.0, True))  # written here
+        cache.load([record_from_point(p) for p in store.scroll(ITEMS, with_vectors=True)], keep=["mine"])
+        assert sorted(r.item_id for r in cache.records()) == ["i0", "i2", "i3", "mine", "new"]
+        assert len(cache.matrix) == 5 and cache.complete
+
+        cache.put(ItemRecord("sixth", np.ones(4, dtype=np.float32), "sixth", None, 2.0, True))
+        assert len(cache) == 5 and len(cache.matrix) == 5 and not cache.complete  # one was evicted
     finally:
         store.close()

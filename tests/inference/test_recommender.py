@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.catalog import item_payload
 from inference.exploration import Arm
 from inference.profile_store import USERS
 from inference.recommender import Recommender
@@ -18,7 +19,7 @@ from inference.schemas import (
     Erasure, Event, EventType, Intent, Item, Recommendation, RequestFilters, SegmentChange,
 )
 from inference.settings import InferenceSettings
-from inference.store import open_store, point_u64, point_uuid
+from inference.store import Filter, Point, open_store, point_u64, point_uuid
 
 T0 = datetime(2011, 5, 1, 10, 0, tzinfo=timezone.utc)
 WORDS = ["teacup", "candle", "doormat", "lantern", "notebook", "apron", "clock", "basket"]
@@ -235,6 +236,54 @@ def test_interest_centroids_retrieve_around_each_interest(engine):
     queries = engine._queries(engine.profile(user), 3)
     assert 1 <= len(queries) <= 4
     assert all(np.isclose(np.linalg.norm(q), 1.0, atol=1e-4) for q in queries)
+
+
+def test_exact_retrieval_in_memory_recommends_what_the_store_recommends(tmp_path, tiny_encoder):
+    """The same events, the same catalog: one engine retrieves from its in-memory arrays (the
+    default for a catalog this size), the other from the embedded store; the answers match."""
+    answers = []
+    for max_items in (20_000, 0):
+        engine = open_engine(tmp_path / str(max_items), tiny_encoder, exact_retrieval_max_items=max_items,
+                             exploration_rate=0.0)
+        try:
+            engine.upsert_items(ITEMS)
+            calls = []
+            engine.store.search_ids = lambda *a, _search=engine.store.search_ids, **kw: calls.append(1) or _search(*a, **kw)
+            events = [ev(n, f"u{n % 5}", f"i{(n * 7) % 64}", EventType.view, n) for n in range(30)]
+            answers.append([[i.item_id for i in r.items] for r in recs(engine.process_events(events))])
+            filters = RequestFilters(category=None, min_price=10.0, max_price=40.0)
+            answers[-1].append([i.item_id for i in engine.recommend("u1", k=8, filters=filters).items])
+            assert bool(calls) == (max_items == 0)
+        finally:
+            engine.store.close()
+    assert answers[0] == answers[1] and all(answers[0])
+
+
+def test_a_catalog_refresh_brings_other_workers_items_and_keeps_this_ones_newer_changes(tmp_path, tiny_encoder):
+    """With a shared store the worker reads the catalog again (refresh_catalog): an item another
+    worker added becomes retrievable, one it deleted leaves; an item this worker changed while
+    the read ran keeps this worker's version."""
+    engine = open_engine(tmp_path, tiny_encoder, exploration_rate=0.0)
+    try:
+        engine.upsert_items(ITEMS)
+        other = Item(schema=1, item_id="from-b", title="teacup teacup model 0", price=2.0)
+        vector = engine.encoder.encode(["teacup teacup model 0"])[0]
+        engine.store.upsert(engine.items_collection, [Point("from-b", vector, item_payload(other, "x"))])
+        engine.store.delete(engine.items_collection, ["i8"])
+        query = vector[None, :]
+        assert "from-b" not in engine._retrieve(query, 64, [None])[0].ids
+
+        collection = engine.begin_catalog_read()
+        records = engine.read_catalog(collection)
+        engine.upsert_items([ITEMS[5].model_copy(update={"price": 777.0})])  # between the read and the install
+        assert engine.install_catalog(collection, records) == 64
+        found = engine._retrieve(query, 64, [None])[0].ids
+        assert "from-b" in found and "i8" not in found
+        assert engine.items.get_many(["i5"])["i5"].price == 777.0
+        expensive = Filter(ranges={"price": (700.0, None)})
+        assert engine._retrieve(query, 64, [expensive])[0].ids == ["i5"]
+    finally:
+        engine.store.close()
 
 
 def test_flush_state_flushes_the_store(engine, monkeypatch):

@@ -25,6 +25,9 @@ EQUALS_FIELDS = frozenset({"in_stock", "category"})
 ANY_OF_FIELDS = frozenset({"category"})
 RANGE_FIELDS = frozenset({"price"})
 
+# A filter passing fewer than 1 in this many items is searched over the rows it passes alone.
+RESTRICTIVE_SHARE_INVERSE = 4
+
 
 class CatalogMatrix:
     """Rows of items, found by id; a forgotten item's row is reused by the next new one."""
@@ -127,8 +130,12 @@ class CatalogMatrix:
 
     def search(self, queries: np.ndarray, limit: int, *, filters: Sequence[Filter | None]) -> list[ScoredIds]:
         """Each query's `limit` best items by cosine among those its filter passes, best first:
-        `VectorStore.search_ids` answered from the arrays (rows sharing a Filter object, a
-        user's several queries, share one mask)."""
+        `VectorStore.search_ids` answered from the arrays.
+
+        Queries sharing a Filter object (a user's several queries) share one mask. Queries whose
+        filter passes most items are scored in one product against every row: a handful of
+        queries costs about what one does, the rows being read once. A restrictive filter's
+        queries score only the rows it passes, as the engine does with its payload index."""
         matrix = np.asarray(queries, dtype=np.float32)
         if matrix.ndim != 2 or matrix.shape[1] != self.dim:
             raise ValueError(f"queries of shape {matrix.shape}, the catalog holds {self.dim}-d vectors")
@@ -138,19 +145,30 @@ class CatalogMatrix:
         if limit <= 0 or n == 0 or len(matrix) == 0:
             return [ScoredIds([], []) for _ in range(len(matrix))]
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        scores = (matrix / np.where(norms > 0, norms, 1.0)) @ self._vectors[:n].T
-        masks: dict[int, np.ndarray] = {}
-        out = []
-        for row, f in zip(scores, filters):
-            mask = masks.get(id(f))
-            if mask is None:
-                mask = masks[id(f)] = self._mask(f)
-            passing = np.flatnonzero(mask)
-            if len(passing) > limit:
-                candidate = row[passing]
-                top = np.argpartition(-candidate, limit - 1)[:limit]
-                passing = passing[top]
-            order = passing[np.argsort(-row[passing], kind="stable")]
-            ids = self._ids
-            out.append(ScoredIds([ids[j] for j in order], row[order].tolist()))
+        matrix = matrix / np.where(norms > 0, norms, 1.0)
+        groups: dict[int, tuple[Filter | None, list[int]]] = {}
+        for j, f in enumerate(filters):
+            groups.setdefault(id(f), (f, []))[1].append(j)
+        out: list[ScoredIds | None] = [None] * len(matrix)
+        dense: list[tuple[list[int], np.ndarray]] = []
+        for f, rows in groups.values():
+            passing = np.flatnonzero(self._mask(f))
+            if len(passing) * RESTRICTIVE_SHARE_INVERSE < n:
+                for j, scores in zip(rows, matrix[rows] @ self._vectors[passing].T):
+                    out[j] = self._best(scores, passing, limit)
+            else:
+                dense.append((rows, passing))
+        if dense:
+            order = [j for rows, _ in dense for j in rows]
+            products = iter(matrix[order] @ self._vectors[:n].T)
+            for rows, passing in dense:
+                for j in rows:
+                    out[j] = self._best(next(products)[passing], passing, limit)
         return out
+
+    def _best(self, scores: np.ndarray, rows: np.ndarray, limit: int) -> ScoredIds:
+        """The `limit` highest of `scores` (those of `rows`), best first."""
+        top = np.argpartition(-scores, limit - 1)[:limit] if len(scores) > limit else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        ids = self._ids
+        return ScoredIds([ids[r] for r in rows[top].tolist()], scores[top].tolist())

@@ -57,6 +57,18 @@ def test_the_arrays_find_what_the_engine_finds(tmp_path, f):
         assert np.allclose(got.scores, want.scores, atol=1e-5)
 
 
+def test_queries_of_wide_and_restrictive_filters_mixed_in_one_call_get_their_own_answers():
+    """Wide filters are scored in one product over every row, restrictive ones over the rows they
+    pass: mixing them (and sharing Filter objects) in one call changes no query's answer."""
+    m = _matrix(*_catalog())
+    queries = np.random.default_rng(2).normal(size=(2 * len(FILTERS), DIM)).astype(np.float32)
+    filters = FILTERS + FILTERS[::-1]
+    together = m.search(queries, 25, filters=filters)
+    for j, f in enumerate(filters):
+        alone = m.search(queries[j:j + 1], 25, filters=[f])[0]
+        assert together[j].ids == alone.ids and np.allclose(together[j].scores, alone.scores, atol=1e-6)
+
+
 def test_a_row_follows_its_item_and_a_forgotten_row_is_reused():
     m = CatalogMatrix(2, capacity=2)
     m.put("a", np.array([1.0, 0.0]), in_stock=True, category="x", price=1.0)

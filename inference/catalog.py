@@ -80,19 +80,22 @@ class ItemCache:
     the store no longer has is forgotten when it is next asked for. Expired records stay listed
     by :meth:`records` (the catalog as last seen, for clustering) until then.
 
-    `matrix`, when given, mirrors every record held (CatalogMatrix: exact search in memory).
-    `complete` says the cache holds the whole collection as of its last full read (`load`),
-    which is what makes searching the mirror equivalent to searching the store."""
+    With `matrix_dim`, every record held is mirrored into `matrix` (CatalogMatrix: exact search
+    in memory) while the cache holds at most `matrix_max_items`; past that the mirror is dropped,
+    and a full read (`load`) of a catalog that fits builds it again. `complete` says the cache
+    holds the whole collection as of its last full read, which is what makes searching the
+    mirror equivalent to searching the store."""
 
     def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000, *,
                  ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 matrix: CatalogMatrix | None = None):
+                 matrix_dim: int | None = None, matrix_max_items: int = 0):
         self._store, self._collection, self._capacity = store, collection, capacity
         self._ttl_s, self._clock = ttl_s, clock
         self._records: OrderedDict[str, ItemRecord] = OrderedDict()
         self._fresh_until: OrderedDict[str, float] = OrderedDict()  # in put order, so expiry is from the front
         self._expired: set[str] = set()
-        self.matrix = matrix
+        self._matrix_dim, self._matrix_max = matrix_dim, matrix_max_items if matrix_dim else 0
+        self.matrix: CatalogMatrix | None = CatalogMatrix(matrix_dim) if self._matrix_max > 0 else None
         self.complete = False
 
     @property
@@ -110,13 +113,18 @@ class ItemCache:
         for record in records:
             self.put(record)
         self.complete = len(read) + len(keep) <= self._capacity
+        if self.matrix is None and 0 < len(self._records) <= self._matrix_max:
+            self.matrix = CatalogMatrix(self._matrix_dim, capacity=len(self._records))
+            for record in self._records.values():
+                self._mirror(record)
+
+    def _mirror(self, record: ItemRecord) -> None:
+        self.matrix.put(record.item_id, record.vector, in_stock=record.in_stock, category=record.category,
+                        price=record.price)
 
     def put(self, record: ItemRecord) -> None:
         item_id = record.item_id
         self._records[item_id] = record
-        if self.matrix is not None:
-            self.matrix.put(item_id, record.vector, in_stock=record.in_stock, category=record.category,
-                            price=record.price)
         self._records.move_to_end(item_id)
         self._fresh_until[item_id] = self._clock() + self._ttl_s
         self._fresh_until.move_to_end(item_id)
@@ -124,6 +132,11 @@ class ItemCache:
         while len(self._records) > self._capacity:
             self.forget(next(iter(self._records)))
             self.complete = False
+        if self.matrix is not None:
+            if len(self._records) > self._matrix_max:
+                self.matrix = None  # too big to search in memory: the store searches it, without a copy here
+            else:
+                self._mirror(record)
 
     def forget(self, item_id: str) -> None:
         self._records.pop(item_id, None)

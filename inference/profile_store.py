@@ -144,6 +144,9 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
         state["events"] = profile.events
     if profile.stated_interest:
         state["stated_interest"] = True
+    if profile.stated_phrases:
+        state["stated_phrases"] = [len(profile.stated_phrases),
+                                   b85_encode(np.stack(profile.stated_phrases).astype("<f4"))]
     if profile.segment is not None:
         state["segment"] = profile.segment
     if profile.space is not None:
@@ -225,11 +228,23 @@ def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
         rfm=Rfm(first_ts, last_purchase_ts, int(purchases), float(monetary)),
         events=int(state.get("events", 0)),
         stated_interest=bool(state.get("stated_interest", False)),
+        stated_phrases=_phrases(state.get("stated_phrases")),
         segment=state.get("segment"),
         space=state.get("space"),
         topics={str(t): Arm(float(a), float(b)) for t, (a, b) in state.get("topics", {}).items()},
         exploring=tuple(ExploredSlot(r, i, t, bool(im), bool(rw)) for r, i, t, im, rw in state.get("exploring", ())),
     )
+
+
+def _phrases(packed: list | None) -> tuple[np.ndarray, ...]:
+    """Stated phrase vectors, stored as their count and one packed (count, dim) matrix."""
+    if not packed:
+        return ()
+    count, values = packed
+    flat = _vector_from_b85(values)
+    if count <= 0 or len(flat) % count:
+        raise ProfileStateError(f"{len(flat)} stated-phrase values do not make {count} vectors")
+    return tuple(flat.reshape(count, -1))
 
 
 def _profile_from_v1(user_id: str, state: dict[str, Any]) -> Profile:

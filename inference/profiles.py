@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,6 +37,11 @@ MAX_SEEN_EVENTS = 256
 MAX_CATEGORIES = 50
 INTENT_MASS = 4.0
 """Weight of a user's stated interests: about half a purchase, so real behaviour soon dominates."""
+MAX_STATED_PHRASES = 8
+"""Phrase vectors kept from a user's stated interests (inference/interest_phrases.py), newest last."""
+PHRASES_UNTIL_RECENT = 3
+"""A user's stated phrases are retrieved from until they have this many recent items of their own;
+then behaviour speaks for them and the phrases are dropped."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class Profile:
     rfm: Rfm = Rfm()
     events: int = 0
     stated_interest: bool = False  # the profile was seeded from the user's own words
+    stated_phrases: tuple[np.ndarray, ...] = ()  # unit vectors of the interests those words listed
     segment: str | None = None  # the value segment last published for the user
     topics: dict[str, Arm] = field(default_factory=dict)  # the user's own exploration arms
     exploring: tuple[ExploredSlot, ...] = ()  # explored items still waiting for feedback
@@ -172,6 +179,7 @@ def apply_event(
     recent, purchased, rfm = profile.recent, profile.purchased, profile.rfm
     if item_id is not None and type is not EventType.impression:
         recent = _bounded_append(tuple(r for r in recent if r.item_id != item_id), RecentItem(item_id, type, ts), MAX_RECENT)
+    phrases = profile.stated_phrases if len(recent) < PHRASES_UNTIL_RECENT else ()
     first_ts = ts if rfm.first_ts is None else min(rfm.first_ts, ts)
     if type is EventType.purchase and item_id is not None:
         if item_id not in purchased:
@@ -193,18 +201,26 @@ def apply_event(
         categories_updated=categories_updated,
         recent=recent,
         purchased=purchased,
+        stated_phrases=phrases,
         seen_events=_bounded_append(profile.seen_events, key, MAX_SEEN_EVENTS),
         rfm=rfm,
         events=profile.events + 1,
     )
 
 
-def apply_stated_interest(profile: Profile, vector: np.ndarray, ts: float, params: ProfileParams) -> Profile:
-    """Seed (or nudge) the long-term interest with the embedding of the user's own words."""
+def apply_stated_interest(profile: Profile, vector: np.ndarray, ts: float, params: ProfileParams,
+                          phrases: Sequence[np.ndarray] = ()) -> Profile:
+    """Seed (or nudge) the long-term interest with the embedding of the user's own words, and
+    keep the embeddings of the separate interests they listed (`phrases`), to retrieve with
+    while the user has too little behaviour of their own (PHRASES_UNTIL_RECENT)."""
+    kept = profile.stated_phrases
+    if len(profile.recent) < PHRASES_UNTIL_RECENT:
+        kept = (kept + tuple(np.asarray(p, dtype=np.float32) for p in phrases))[-MAX_STATED_PHRASES:]
     return replace(
         profile,
         long_term=fold(profile.long_term, vector, INTENT_MASS, ts, params.long_term_half_life_s),
         stated_interest=True,
+        stated_phrases=kept,
     )
 
 
@@ -239,7 +255,8 @@ def rebuild_interests(profile: Profile, vectors: dict[str, np.ndarray], space: s
 
     The decayed sums cannot be translated, so they are refolded from the recent items (their new
     vectors, event weights and times); the session keeps the items since its last gap. A stated
-    interest's text was never stored, so its contribution is lost: the flag stays, the vector goes.
+    interest's text was never stored, so its contribution is lost: the flag stays, the vectors
+    (its sum's share and its phrases) go.
     """
     long_term = session = None
     previous_ts = None
@@ -254,4 +271,4 @@ def rebuild_interests(profile: Profile, vectors: dict[str, np.ndarray], space: s
         session = fold(session, vector, weight, item.ts, params.session_half_life_s)
     if profile.session is None:
         session = None
-    return replace(profile, long_term=long_term, session=session, space=space)
+    return replace(profile, long_term=long_term, session=session, stated_phrases=(), space=space)

@@ -33,7 +33,6 @@ from inference.catalog import (
     record_from_point,
     text_hash,
 )
-from inference.catalog_matrix import CatalogMatrix
 from inference.clustering import InterestCentroid, interest_centroids
 from inference.encoder import TextEncoder
 from inference.experiments import VariantSpec, assign_variant
@@ -49,6 +48,7 @@ from inference.exploration import (
     remember_explored,
 )
 from inference.interest_groups import InterestGroups
+from inference.interest_phrases import interest_phrases
 from inference.popularity_shares import (
     DEFAULT_SHARE,
     LEGACY_SHARE,
@@ -258,8 +258,8 @@ class Recommender:
         return self.encoder.version
 
     def _item_cache(self, collection: str) -> ItemCache:
-        matrix = CatalogMatrix(self.dim) if self.settings.exact_retrieval_max_items > 0 else None
-        return ItemCache(self.store, collection, ttl_s=self.settings.item_cache_ttl_s, matrix=matrix)
+        return ItemCache(self.store, collection, ttl_s=self.settings.item_cache_ttl_s, matrix_dim=self.dim,
+                         matrix_max_items=self.settings.exact_retrieval_max_items)
 
     def _load_catalog(self) -> None:
         """Warm the item cache (one scroll at start-up)."""
@@ -269,8 +269,11 @@ class Recommender:
         """Every item of the collection as stored (any thread: it touches no recommender state)."""
         return [record_from_point(p) for p in self.store.scroll(collection or self.items_collection, with_vectors=True)]
 
-    def begin_catalog_read(self) -> str:
-        """Step 1 of `refresh_catalog` (recommender thread): note the items changed from now on."""
+    def begin_catalog_read(self) -> str | None:
+        """Step 1 of `refresh_catalog` (recommender thread): note the items changed from now on;
+        None where the catalog is too big to be searched in memory (nothing to read then)."""
+        if self.store.count(self.items_collection) > self.settings.exact_retrieval_max_items:
+            return None
         self._changed_during_read = set()
         return self.items_collection
 
@@ -286,8 +289,7 @@ class Recommender:
         """Ids and scores per query: from the catalog arrays (exact, in memory) while the item
         cache holds the whole catalog and it is small enough, else from the store."""
         matrix = self.items.matrix
-        if (matrix is not None and self.items.complete and len(matrix) <= self.settings.exact_retrieval_max_items
-                and all(map(matrix.answers, filters))):
+        if matrix is not None and self.items.complete and all(map(matrix.answers, filters)):
             return matrix.search(queries, limit, filters=filters)
         return self.store.search_ids(self.items_collection, queries, limit, filters=filters)
 
@@ -648,11 +650,15 @@ class Recommender:
         """Embed users' own words into their profiles; the text itself is dropped, never stored."""
         if not intents:
             return []
-        vectors = self._encode([i.text for i in intents])
+        listed = [interest_phrases(i.text)[:self.settings.intent_phrases] for i in intents]
+        listed = [phrases if len(phrases) > 1 else [] for phrases in listed]  # one phrase: the text itself
+        vectors = self._encode([i.text for i in intents] + [p for phrases in listed for p in phrases])
+        phrase_vectors = iter(vectors[len(intents):])
         profiles = self._load_profiles(i.user_id for i in intents)
-        for intent, vector in zip(intents, vectors):
+        for intent, vector, phrases in zip(intents, vectors, listed):
             ts = (intent.ts or utcnow()).timestamp()
-            profiles[intent.user_id] = apply_stated_interest(profiles[intent.user_id], vector, ts, self.params)
+            profiles[intent.user_id] = apply_stated_interest(profiles[intent.user_id], vector, ts, self.params,
+                                                             phrases=[next(phrase_vectors) for _ in phrases])
         users = list(dict.fromkeys(i.user_id for i in intents))
         answered = self._recommend_many([profiles[u] for u in users], k=self.settings.default_k,
                                         filters=[None] * len(users), rec_ids=[str(uuid.uuid4()) for _ in users])
@@ -810,15 +816,17 @@ class Recommender:
         return self.groups.group_of(direction) if self.groups is not None and direction is not None else None
 
     def _queries(self, profile: Profile, clusters: int) -> list[np.ndarray]:
-        """The vectors to retrieve with: the blended interest, then the medoid of each of the
+        """The vectors to retrieve with: the blended interest, then each interest the user listed
+        in their own words (while they have little behaviour), then the medoid of each of the
         user's distinct recent interests, so one strong interest cannot crowd out the others."""
         main = query_vector(profile, self.params)
         if main is None:
             return []
+        queries = [main, *profile.stated_phrases]
         if clusters <= 1 or len(profile.recent) < 2:
-            return [main]
+            return queries
         centroids = self._interests(profile, clusters)
-        return [main] + [c.vector for c in centroids] if len(centroids) > 1 else [main]
+        return queries + [c.vector for c in centroids] if len(centroids) > 1 else queries
 
     def _recommend_many(
         self, profiles: Sequence[Profile], *, k: int, filters: Sequence[RequestFilters | None],

@@ -123,6 +123,11 @@ class InferenceSettings(BaseSettings):
     topics: int = Field(
         default=24, ge=2, le=1000, description="Catalog topics (k-means over item vectors): the exploration arms."
     )
+    intent_phrases: int = Field(
+        default=8, ge=0, le=8,
+        description="An intent that lists interests (\"running shoes, camping gear\") is also retrieved from phrase "
+        "by phrase, up to this many, until the user has 3 recent items; 0: the whole text as one vector only.",
+    )
     interest_clusters: int = Field(
         default=3, ge=1, le=8,
         description="Interest centroids per user (PinnerSage-style medoids of recent items) retrieved from; 1: off.",

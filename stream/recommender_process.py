@@ -178,8 +178,11 @@ class RecommenderService:
 
     def refresh_catalog(self) -> int:
         """Read the whole catalog again here (the slow part) and install it between two batches:
-        the recommender's in-memory copy then holds what other workers upserted or deleted."""
+        the recommender's in-memory copy then holds what other workers upserted or deleted.
+        Returns the items held, 0 where the catalog is too big to be copied."""
         collection = self.on_recommender(self.recommender.begin_catalog_read)
+        if collection is None:  # too big to search in memory
+            return 0
         records = self.recommender.read_catalog(collection)
         return self.on_recommender(self.recommender.install_catalog, collection, records)
 

@@ -63,6 +63,7 @@ from training.fit import FitConfig, FitResult, fit, score_users
 from training.fresh_popularity import decayed_counts, log_scaled_rows, training_purchases
 from training.metrics import rank_items, summarize
 from training.model import TowerConfig, TwoTower
+from training.served import SERVED_DEPTH, served_intent_scores
 from training.split import (
     EvalCases,
     Phase,
@@ -604,7 +605,7 @@ def _standardized(scores: torch.Tensor) -> torch.Tensor:
 class TextUsers:
     """Text-only users' scores (module docstring) from one text each.
 
-    The text is read as the interests it lists (:func:`training.text.interest_phrases`). Each
+    The text is read as the interests it lists (:func:`inference.interest_phrases.interest_phrases`). Each
     phrase is embedded by the encoder and becomes a pseudo-item: its content vector (projected
     embedding plus title words), the user tower reading them as one basket. Beside the tower,
     the phrase match (each item's best cosine between its title and any phrase) keeps what the
@@ -614,7 +615,8 @@ class TextUsers:
         self, split: ProtocolSplit, model: TwoTower, encoder: Any, text: np.ndarray,
         vocabulary: TitleWords | None, users: np.ndarray, progress: bool,
     ) -> None:
-        from training.text import encode_texts, interest_phrases
+        from inference.interest_phrases import interest_phrases
+        from training.text import encode_texts
 
         self.row_of = {int(u): n for n, u in enumerate(users)}
         texts = first_basket_texts(split, users)
@@ -676,9 +678,13 @@ def text_only_users(
         picked = {"validation_ndcg@10_by_weight": {str(w): round(v, 6) for w, v in choice.items()}}
     popularity = Popularity().fit(split)
     rows = scores.rows
+    texts = first_basket_texts(split, users)
+    served = {n: served_intent_scores(split, texts, encoder, phrases=n) for n in (8, 0)}
     ranked = {
         "streamrec": scores.ranked(cases, weight),
         "streamrec_tower": scores.ranked(cases, 0.0),
+        "worker_intent": rank_cases(lambda u, p: served[8][rows(u)], cases),
+        "worker_intent_whole_text": rank_cases(lambda u, p: served[0][rows(u)], cases),
         "encoder_phrase_match": rank_cases(lambda u, p: scores.match[rows(u)], cases),
         "encoder_cosine": rank_cases(lambda u, p: scores.text[rows(u)] @ scores.item_text.T, cases),
         "popularity": rank_cases(lambda u, p: popularity.scores(split, u, p), cases),
@@ -697,7 +703,12 @@ def text_only_users(
             who + "(all its items) is ranked among all items, nothing excluded, no item ids or other "
             "history used. streamrec: the user tower over the text's phrases as pseudo-items (content "
             "vectors: projected embedding + title words), standardized, plus match_weight x the phrase "
-            "match; streamrec_tower: the tower alone; encoder_phrase_match: each item's best cosine "
+            "match; streamrec_tower: the tower alone; worker_intent: what a running worker answers the "
+            f"text sent as an intent (training/served.py: the serving code over this catalog, its top "
+            f"{SERVED_DEPTH}, exploration off, no popularity yet; a text over the intent limit cut after its "
+            "last whole phrase; MRR counts ranks within that top only), which retrieves with the whole "
+            "text and each phrase; worker_intent_whole_text: the same with STREAMREC_INTENT_PHRASES=0 "
+            "(the whole text only, as before 2026-12-07); encoder_phrase_match: each item's best cosine "
             "between its title and a phrase; encoder_cosine: cosine of the whole text's embedding with "
             "item title embeddings; popularity: training counts."
         ),
@@ -706,10 +717,10 @@ def text_only_users(
         **picked,
         "results": results,
         **{
-            f"streamrec_over_popularity_{metric}": (
-                round(results["streamrec"][metric] / pop[metric], 3) if pop[metric] else None
+            f"{system}_over_popularity_{metric}": (
+                round(results[system][metric] / pop[metric], 3) if pop[metric] else None
             )
-            for metric in ("hr@10", "ndcg@10", "mrr")
+            for system in ("streamrec", "worker_intent") for metric in ("hr@10", "ndcg@10", "mrr")
         },
     }
 

@@ -8,7 +8,6 @@ under ``<data_dir>/cache/`` by the encoder version and the texts.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,12 +55,3 @@ def encode_texts(
         np.save(tmp, vectors)
         tmp.replace(path)
     return vectors
-
-
-_PHRASE_BREAK = re.compile(r"[,;\n]+")
-
-
-def interest_phrases(text: str) -> list[str]:
-    """The interests a free text lists: its comma-, semicolon- or line-separated parts, stripped,
-    each once, in order (the whole text when it lists one)."""
-    return list(dict.fromkeys(p.strip() for p in _PHRASE_BREAK.split(text) if p.strip()))

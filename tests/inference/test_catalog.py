@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference.catalog import ITEMS, ItemCache, ItemRecord, Popularity, record_from_point
-from inference.catalog_matrix import CatalogMatrix
 from inference.store import Filter, Point, open_store
 
 HALF_LIFE = 86_400.0
@@ -145,7 +144,7 @@ def test_the_cache_mirrors_what_it_holds_into_its_matrix_and_says_when_it_holds_
         store.ensure_collection(ITEMS, 4)
         store.upsert(ITEMS, [_point(f"i{n}", float(n)) for n in range(4)])
         now = [0.0]
-        cache = ItemCache(store, capacity=5, ttl_s=10.0, clock=lambda: now[0], matrix=CatalogMatrix(4))
+        cache = ItemCache(store, capacity=5, ttl_s=10.0, clock=lambda: now[0], matrix_dim=4, matrix_max_items=5)
         assert not cache.complete
         cache.load(record_from_point(p) for p in store.scroll(ITEMS, with_vectors=True))
         assert cache.complete and len(cache.matrix) == 4
@@ -165,5 +164,22 @@ def test_the_cache_mirrors_what_it_holds_into_its_matrix_and_says_when_it_holds_
 
         cache.put(ItemRecord("sixth", np.ones(4, dtype=np.float32), "sixth", None, 2.0, True))
         assert len(cache) == 5 and len(cache.matrix) == 5 and not cache.complete  # one was evicted
+    finally:
+        store.close()
+
+
+def test_the_mirror_is_dropped_past_its_maximum_and_built_again_by_a_full_read_that_fits(tmp_path):
+    store = open_store(url=None, api_key=None, data_dir=tmp_path)
+    try:
+        store.ensure_collection(ITEMS, 4)
+        store.upsert(ITEMS, [_point(f"i{n}", float(n)) for n in range(3)])
+        cache = ItemCache(store, matrix_dim=4, matrix_max_items=3)
+        cache.load(record_from_point(p) for p in store.scroll(ITEMS, with_vectors=True))
+        assert len(cache.matrix) == 3
+        cache.put(ItemRecord("i3", np.ones(4, dtype=np.float32), "i3", None, 3.0, True))
+        assert cache.matrix is None and len(cache) == 4  # the store searches a catalog this big
+        cache.load(record_from_point(p) for p in store.scroll(ITEMS, with_vectors=True))  # i3 was never stored
+        assert len(cache.matrix) == 3 and sorted(cache.matrix._row) == ["i0", "i1", "i2"]
+        assert ItemCache(store).matrix is None and ItemCache(store, matrix_dim=4).matrix is None  # off by default
     finally:
         store.close()

@@ -96,7 +96,8 @@ def built_profiles(n: int, dim: int = 16, seed: int = 0) -> list[Profile]:
     for u in range(n):
         p, ts = Profile(user_id=f"user-{u}"), 1.29e9 + float(rng.uniform(0, 1e7))
         if u % 4 == 0:
-            p = apply_stated_interest(p, items[u % 40], ts, ProfileParams())
+            p = apply_stated_interest(p, items[u % 40], ts, ProfileParams(),
+                                      phrases=[items[(u + 1) % 40], items[(u + 2) % 40]] if u % 8 == 0 else ())
         for e in range(int(rng.integers(1, 60))):
             ts += float(rng.exponential(600))
             t, i = types[int(rng.integers(len(types)))], int(rng.integers(40))
@@ -112,7 +113,9 @@ def assert_same(got: Profile, want: Profile, long_term: str = "ulp") -> None:
     """Equal field by field. The long-term sum, rebuilt as norm x stored direction, may differ from the
     one saved by one float32 ulp ("ulp"), by a few where a server renormalises the direction ("server"),
     or must be bit-identical ("exact")."""
-    assert replace(got, long_term=None, session=None) == replace(want, long_term=None, session=None)
+    assert replace(got, long_term=None, session=None, stated_phrases=()) == \
+        replace(want, long_term=None, session=None, stated_phrases=())
+    assert [v.tobytes() for v in got.stated_phrases] == [v.tobytes() for v in want.stated_phrases]
     for a, b in ((got.long_term, want.long_term), (got.session, want.session)):
         assert (a is None) == (b is None)
         if a is not None:
@@ -168,6 +171,17 @@ def test_round_trip_of_a_profile_with_every_field():
     assert isinstance(state["long_term"][0], float)  # the norm: the sum itself is not stored twice
     assert state["segment"] == "new"  # read directly by Recommender.refresh_groups
     assert_same(profile_from_point(point), FULL)
+
+
+def test_stated_phrases_round_trip_and_a_corrupt_count_is_refused():
+    phrases = (np.array([0.5, 0.5, 0.5, 0.5], np.float32), np.array([0.0, 1.0, 0.0, 0.0], np.float32))
+    profile = replace(FULL, stated_phrases=phrases)
+    point = profile_to_point(profile, DIM)
+    assert_same(profile_from_point(point), profile)
+    state = json.loads(point.payload["state"])
+    state["stated_phrases"][0] = 3
+    with pytest.raises(ProfileStateError, match="do not make 3 vectors"):
+        profile_from_point(replace(point, payload={**point.payload, "state": json.dumps(state)}))
 
 
 def test_round_trip_of_profiles_built_by_the_profile_maths():

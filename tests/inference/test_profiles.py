@@ -5,6 +5,8 @@ from inference.profiles import (
     EVENT_WEIGHTS,
     MAX_PURCHASED,
     MAX_RECENT,
+    MAX_STATED_PHRASES,
+    PHRASES_UNTIL_RECENT,
     Profile,
     ProfileParams,
     apply_event,
@@ -13,6 +15,7 @@ from inference.profiles import (
     decay,
     fold,
     query_vector,
+    rebuild_interests,
 )
 from inference.schemas import EventType
 
@@ -119,3 +122,22 @@ def test_stated_interest_seeds_a_profile():
     p = ev(p, "e1", EventType.purchase, 1, "a", unit(1, 0))
     q = query_vector(p, PARAMS)
     assert q[0] > 0 and q[1] > 0
+
+
+def test_stated_phrases_are_kept_until_the_user_has_behaviour_of_their_own():
+    phrases = [unit(1, 0), unit(0, 1)]
+    p = apply_stated_interest(Profile("u"), unit(1, 1), 0.0, PARAMS, phrases=phrases)
+    assert [v.tolist() for v in p.stated_phrases] == [v.tolist() for v in phrases]
+    p = apply_stated_interest(p, unit(1, 1), 1.0, PARAMS, phrases=[unit(1, 2)] * MAX_STATED_PHRASES)
+    assert len(p.stated_phrases) == MAX_STATED_PHRASES  # the newest kept
+    for n in range(PHRASES_UNTIL_RECENT - 1):
+        p = ev(p, f"e{n}", ts=2.0 + n, item=f"i{n}", vector=unit(1, 0))
+        assert len(p.stated_phrases) == MAX_STATED_PHRASES
+    p = ev(p, "last", ts=9.0, item="i9", vector=unit(1, 0))
+    assert p.stated_phrases == ()
+    assert apply_stated_interest(p, unit(1, 1), 10.0, PARAMS, phrases=phrases).stated_phrases == ()  # too late
+
+
+def test_a_model_swap_drops_the_stated_phrases_with_the_old_space():
+    p = apply_stated_interest(Profile("u"), unit(1, 1), 0.0, PARAMS, phrases=[unit(1, 0), unit(0, 1)])
+    assert rebuild_interests(p, {}, "v2", PARAMS).stated_phrases == ()

@@ -238,6 +238,28 @@ def test_interest_centroids_retrieve_around_each_interest(engine):
     assert all(np.isclose(np.linalg.norm(q), 1.0, atol=1e-4) for q in queries)
 
 
+@pytest.mark.parametrize("phrases", [8, 0])
+def test_an_intent_that_lists_interests_is_answered_from_each_of_them(tmp_path, tiny_encoder, phrases):
+    """"teacup teacup, lantern lantern" retrieves with the whole text and with each phrase: an item's
+    similarity is its best cosine to any of them (the offline phrase match); 0 turns it off."""
+    engine = open_engine(tmp_path, tiny_encoder, exploration_rate=0.0, intent_phrases=phrases)
+    try:
+        engine.upsert_items(ITEMS)
+        text = "teacup teacup, lantern lantern"
+        (rec,) = engine.seed_interests([Intent(schema=1, user_id="new", text=text)])
+        profile = engine.profile("new")
+        assert len(profile.stated_phrases) == (2 if phrases else 0)
+        queries = np.stack(engine._queries(profile, engine.settings.interest_clusters))
+        vectors = tiny_encoder.encode([text, "teacup teacup", "lantern lantern"])
+        assert np.allclose(queries, vectors[:len(queries)], atol=1e-5)
+        records = engine.items.get_many(i.item_id for i in ITEMS)
+        best = {i: float(np.max(queries @ r.vector)) for i, r in records.items()}
+        expected = sorted(best, key=lambda i: (-best[i], i))[:10]
+        assert [i.item_id for i in rec.items] == expected
+    finally:
+        engine.store.close()
+
+
 def test_exact_retrieval_in_memory_recommends_what_the_store_recommends(tmp_path, tiny_encoder):
     """The same events, the same catalog: one engine retrieves from its in-memory arrays (the
     default for a catalog this size), the other from the embedded store; the answers match."""
@@ -282,6 +304,22 @@ def test_a_catalog_refresh_brings_other_workers_items_and_keeps_this_ones_newer_
         assert engine.items.get_many(["i5"])["i5"].price == 777.0
         expensive = Filter(ranges={"price": (700.0, None)})
         assert engine._retrieve(query, 64, [expensive])[0].ids == ["i5"]
+    finally:
+        engine.store.close()
+
+
+def test_a_catalog_too_big_for_memory_is_searched_in_the_store_and_never_copied(tmp_path, tiny_encoder):
+    engine = open_engine(tmp_path, tiny_encoder, exploration_rate=0.0, exact_retrieval_max_items=40)
+    try:
+        engine.upsert_items(ITEMS[:40])
+        assert len(engine.items.matrix) == 40 and engine.begin_catalog_read() == engine.items_collection
+        engine.install_catalog(engine.items_collection, engine.read_catalog())
+        engine.upsert_items(ITEMS[40:])
+        assert engine.items.matrix is None and engine.begin_catalog_read() is None
+        calls = []
+        engine.store.search_ids = lambda *a, _search=engine.store.search_ids, **kw: calls.append(1) or _search(*a, **kw)
+        engine.process_events([ev(0, "u", "i3", EventType.view)])
+        assert calls
     finally:
         engine.store.close()
 

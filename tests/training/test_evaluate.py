@@ -139,9 +139,9 @@ def test_evaluate_online_retail_with_cold_start(
         cold["new_items"]["results"]["streamrec_warm_targets"]["hr@10"], abs=1e-4
     )
     for group in ("text_only_users", "text_only_new_users"):
-        assert {"streamrec", "streamrec_tower", "encoder_phrase_match", "encoder_cosine", "popularity"} == set(
-            cold[group]["results"]
-        )
+        assert {"streamrec", "streamrec_tower", "worker_intent", "worker_intent_whole_text", "encoder_phrase_match",
+                "encoder_cosine", "popularity"} == set(cold[group]["results"])
+        assert cold[group]["worker_intent_over_popularity_hr@10"] is not None
     # The match weight is picked on the older customers' validation baskets and reused for the new.
     weights = cold["text_only_users"]["validation_ndcg@10_by_weight"]
     assert cold["text_only_users"]["match_weight"] == max(map(float, weights), key=lambda w: weights[str(w)])

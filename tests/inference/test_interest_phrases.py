@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.text import interest_phrases
+from inference.interest_phrases import interest_phrases
 
 
 def test_interest_phrases_split_lists_and_keep_order_once() -> None:

@@ -751,6 +751,7 @@ class Recommender:
             "interest_group": group[0] if group is not None else None,
             "interests": [{"item_id": c.medoid_item, "title": records[c.medoid_item].title,
                            "weight": round(c.weight, 3)} for c in interests],
+            "stated_interests_retrieved": len(profile.stated_phrases),  # phrases of their words (never the text)
             "variant": self.strategy(user_id).variant,
             "exploring": [{"item_id": e.item_id, "topic": self.topics.name(e.topic) if self.topics else e.topic,
                            "impressed": e.impressed, "rewarded": e.rewarded} for e in profile.exploring],

@@ -249,6 +249,7 @@ def test_an_intent_that_lists_interests_is_answered_from_each_of_them(tmp_path, 
         (rec,) = engine.seed_interests([Intent(schema=1, user_id="new", text=text)])
         profile = engine.profile("new")
         assert len(profile.stated_phrases) == (2 if phrases else 0)
+        assert engine.describe_user("new")["stated_interests_retrieved"] == len(profile.stated_phrases)
         queries = np.stack(engine._queries(profile, engine.settings.interest_clusters))
         vectors = tiny_encoder.encode([text, "teacup teacup", "lantern lantern"])
         assert np.allclose(queries, vectors[:len(queries)], atol=1e-5)

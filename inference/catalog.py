@@ -98,10 +98,6 @@ class ItemCache:
         self.matrix: CatalogMatrix | None = CatalogMatrix(matrix_dim) if self._matrix_max > 0 else None
         self.complete = False
 
-    @property
-    def collection(self) -> str:
-        return self._collection
-
     def load(self, records: Iterable[ItemRecord], *, keep: Iterable[str] = ()) -> None:
         """Hold exactly `records`, a full read of the collection, except the items in `keep`
         (changed here since the read began), whose records here are newer than the read's."""

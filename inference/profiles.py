@@ -37,7 +37,7 @@ MAX_SEEN_EVENTS = 256
 MAX_CATEGORIES = 50
 INTENT_MASS = 4.0
 """Weight of a user's stated interests: about half a purchase, so real behaviour soon dominates."""
-MAX_STATED_PHRASES = 8
+MAX_STATED_PHRASES = 32
 """Phrase vectors kept from a user's stated interests (inference/interest_phrases.py), newest last."""
 PHRASES_UNTIL_RECENT = 3
 """A user's stated phrases are retrieved from until they have this many recent items of their own;

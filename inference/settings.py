@@ -124,9 +124,10 @@ class InferenceSettings(BaseSettings):
         default=24, ge=2, le=1000, description="Catalog topics (k-means over item vectors): the exploration arms."
     )
     intent_phrases: int = Field(
-        default=8, ge=0, le=8,
+        default=16, ge=0, le=32,
         description="An intent that lists interests (\"running shoes, camping gear\") is also retrieved from phrase "
-        "by phrase, up to this many, until the user has 3 recent items; 0: the whole text as one vector only.",
+        "by phrase, up to this many, until the user has 3 recent items; 0: the whole text as one vector only. "
+        "Each phrase kept costs ~2 KB of the user's stored state and one more query per recommendation.",
     )
     interest_clusters: int = Field(
         default=3, ge=1, le=8,

@@ -679,11 +679,14 @@ def text_only_users(
     popularity = Popularity().fit(split)
     rows = scores.rows
     texts = first_basket_texts(split, users)
-    served = {n: served_intent_scores(split, texts, encoder, phrases=n) for n in (8, 0)}
+    from inference.settings import InferenceSettings
+
+    phrases = InferenceSettings().intent_phrases  # as the worker would run here (STREAMREC_INTENT_PHRASES)
+    served = {n: served_intent_scores(split, texts, encoder, phrases=n) for n in (phrases, 0)}
     ranked = {
         "streamrec": scores.ranked(cases, weight),
         "streamrec_tower": scores.ranked(cases, 0.0),
-        "worker_intent": rank_cases(lambda u, p: served[8][rows(u)], cases),
+        "worker_intent": rank_cases(lambda u, p: served[phrases][rows(u)], cases),
         "worker_intent_whole_text": rank_cases(lambda u, p: served[0][rows(u)], cases),
         "encoder_phrase_match": rank_cases(lambda u, p: scores.match[rows(u)], cases),
         "encoder_cosine": rank_cases(lambda u, p: scores.text[rows(u)] @ scores.item_text.T, cases),
@@ -707,7 +710,8 @@ def text_only_users(
             f"text sent as an intent (training/served.py: the serving code over this catalog, its top "
             f"{SERVED_DEPTH}, exploration off, no popularity yet; a text over the intent limit cut after its "
             "last whole phrase; MRR counts ranks within that top only), which retrieves with the whole "
-            "text and each phrase; worker_intent_whole_text: the same with STREAMREC_INTENT_PHRASES=0 "
+            f"text and each of its first {phrases} phrases (STREAMREC_INTENT_PHRASES); "
+            "worker_intent_whole_text: the same with STREAMREC_INTENT_PHRASES=0 "
             "(the whole text only, as before 2026-12-07); encoder_phrase_match: each item's best cosine "
             "between its title and a phrase; encoder_cosine: cosine of the whole text's embedding with "
             "item title embeddings; popularity: training counts."

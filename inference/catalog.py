@@ -99,16 +99,17 @@ class ItemCache:
         self.complete = False
 
     def load(self, records: Iterable[ItemRecord], *, keep: Iterable[str] = ()) -> None:
-        """Hold exactly `records`, a full read of the collection, except the items in `keep`
-        (changed here since the read began), whose records here are newer than the read's."""
-        keep = set(keep)
-        records = [r for r in records if r.item_id not in keep]
-        read = {r.item_id for r in records}
+        """Hold exactly `records`, a full read of the collection (read as it streams: a catalog
+        may be far bigger than the cache), except the items in `keep` (changed here since the
+        read began), whose records here are newer than the read's."""
+        keep, read = set(keep), set()
+        for record in records:
+            read.add(record.item_id)
+            if record.item_id not in keep:
+                self.put(record)
         for item_id in [i for i in self._records if i not in read and i not in keep]:
             self.forget(item_id)
-        for record in records:
-            self.put(record)
-        self.complete = len(read) + len(keep) <= self._capacity
+        self.complete = len(read | keep) <= self._capacity
         if self.matrix is None and 0 < len(self._records) <= self._matrix_max:
             self.matrix = CatalogMatrix(self._matrix_dim, capacity=len(self._records))
             for record in self._records.values():

@@ -265,9 +265,10 @@ class Recommender:
         """Warm the item cache (one scroll at start-up)."""
         self.items.load(self.read_catalog())
 
-    def read_catalog(self, collection: str | None = None) -> list[ItemRecord]:
-        """Every item of the collection as stored (any thread: it touches no recommender state)."""
-        return [record_from_point(p) for p in self.store.scroll(collection or self.items_collection, with_vectors=True)]
+    def read_catalog(self, collection: str | None = None) -> Iterator[ItemRecord]:
+        """Every item of the collection as stored, a page at a time (any thread: it touches no
+        recommender state)."""
+        return map(record_from_point, self.store.scroll(collection or self.items_collection, with_vectors=True))
 
     def begin_catalog_read(self) -> str | None:
         """Step 1 of `refresh_catalog` (recommender thread): note the items changed from now on;
@@ -277,7 +278,7 @@ class Recommender:
         self._changed_during_read = set()
         return self.items_collection
 
-    def install_catalog(self, collection: str, records: Sequence[ItemRecord]) -> int:
+    def install_catalog(self, collection: str, records: Iterable[ItemRecord]) -> int:
         """Step 3 (recommender thread): hold what was read, but for items changed here since."""
         changed, self._changed_during_read = self._changed_during_read, None
         if collection != self.items_collection or changed is None:  # a model swap came between

@@ -183,7 +183,7 @@ class RecommenderService:
         collection = self.on_recommender(self.recommender.begin_catalog_read)
         if collection is None:  # too big to search in memory
             return 0
-        records = self.recommender.read_catalog(collection)
+        records = list(self.recommender.read_catalog(collection))  # read here, not on the recommender's thread
         return self.on_recommender(self.recommender.install_catalog, collection, records)
 
     def swap_model(self, path: str, version: str) -> dict:

@@ -297,7 +297,7 @@ def test_a_catalog_refresh_brings_other_workers_items_and_keeps_this_ones_newer_
         assert "from-b" not in engine._retrieve(query, 64, [None])[0].ids
 
         collection = engine.begin_catalog_read()
-        records = engine.read_catalog(collection)
+        records = list(engine.read_catalog(collection))  # read before the change below
         engine.upsert_items([ITEMS[5].model_copy(update={"price": 777.0})])  # between the read and the install
         assert engine.install_catalog(collection, records) == 64
         found = engine._retrieve(query, 64, [None])[0].ids

@@ -3,7 +3,8 @@
 Starts the local Tansu broker and a worker (embedded Qdrant, the shipped encoder), replays the
 catalog and then the purchases of a sample of Online Retail customers through Kafka, measures
 throughput and freshness from the recommendations that come back, prints a few customers'
-purchases beside their recommendations, and stops everything it started.
+purchases beside their recommendations, then what a new customer who only typed their
+interests is recommended, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from kafka import KafkaConsumer
 
 from inference.recommender import encoder_dir
-from inference.schemas import Recommendation
+from inference.schemas import Intent, Recommendation
 from inference.settings import InferenceSettings
 from stream.broker import LocalBroker, free_port
 from stream.replay import producer, publish, retail_events, retail_items
@@ -28,6 +29,9 @@ from training.datasets import default_online_retail_path, load_online_retail, sa
 
 THROUGHPUT_SHARE = 0.8
 """The first 80% of events go as fast as possible (throughput); the rest at a fixed rate (freshness)."""
+NEW_CUSTOMER = Intent(schema=1, user_id="demo-new-customer",
+                      text="union jack bunting, christmas napkins, hanging t-light holder")
+"""A customer with no history who typed what they like (`streamrec.intents`)."""
 
 
 class RecommendationLog:
@@ -124,6 +128,9 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
                 last = {e.event_id for e in paced[-50:]} & set(sent)
                 while time.time() < deadline and not last <= set(recs.received):
                     time.sleep(0.1)
+                kafka.send(settings.topic("intents"), key=NEW_CUSTOMER.user_id.encode(), value=NEW_CUSTOMER.to_bytes())
+                kafka.flush()
+                worker.wait_for(lambda s: s["processed"].get("intent", 0) >= 1, 60, "the new customer's intent")
             finally:
                 kafka.close()
                 recs.close()
@@ -135,6 +142,7 @@ def run_demo(*, customers: int, rate: float, shown: int, seed: int) -> int:
             metrics = worker.get_text("/metrics")
             _print_groups(stats)
             _print_customers(worker, log, shown)
+            _print_new_customer(worker, log)
             p50, p99 = _percentiles(paced_lat)
             s50, s99 = _percentiles(all_lat)
             print("\n== measured on this run ==")
@@ -186,9 +194,23 @@ def _print_customers(worker: WorkerProcess, log, shown: int) -> None:
               f"{'–' if probability is None else f'{probability:.2f}'}")
         print(f"  interest group: {about['interest_group'] or '–'}")
         print("  interests retrieved from: " + "; ".join(f"{i['title']} ({i['weight']:.0%})" for i in about["interests"]))
-        rec = worker.get(f"/recommendations/{user_id}?k=8")
-        print("  recommended now:")
-        for item in rec["items"]:
-            mark = " [explore]" if item.get("explore") else ""
-            print(f"    {item['position']}. {titles.get(item['item_id'], item['item_id'])} ({item['item_id']}) "
-                  f"score {item['score']:.3f}{mark} — {item['reason']}")
+        _print_recommended(worker, user_id, titles)
+
+
+def _print_new_customer(worker: WorkerProcess, log) -> None:
+    """A customer known only by their words: each interest they listed is retrieved from."""
+    titles = dict(zip(log.items.item_id, log.items.title))
+    about = worker.get(f"/users/{NEW_CUSTOMER.user_id}")
+    print(f"\n== a new customer, no purchases, who typed: \"{NEW_CUSTOMER.text}\" ==")
+    print(f"  interests retrieved from: the whole text and {about['stated_interests_retrieved']} phrases of it "
+          "(the text itself is not kept)")
+    _print_recommended(worker, NEW_CUSTOMER.user_id, titles)
+
+
+def _print_recommended(worker: WorkerProcess, user_id: str, titles: dict[str, str]) -> None:
+    rec = worker.get(f"/recommendations/{user_id}?k=8")
+    print("  recommended now:")
+    for item in rec["items"]:
+        mark = " [explore]" if item.get("explore") else ""
+        print(f"    {item['position']}. {titles.get(item['item_id'], item['item_id'])} ({item['item_id']}) "
+              f"score {item['score']:.3f}{mark} — {item['reason']}")

@@ -1,10 +1,9 @@
 """The catalog as arrays (unit vectors, stock, category, price), searched exactly in memory.
 
-Why: the worker retrieves a few queries per recommendation. The embedded engine scores a query
-against every point of an unindexed collection one point at a time, ~0.17 ms per query over
-3,453 items batched, ~0.3 ms in the handful one recommendation asks; one float32 matrix
-product over the same rows takes a sixth to a tenth of that and is exact (bench/retrieval.py
-measures both). Past tens of thousands of items an HNSW index wins, so the recommender asks this
+Why: the worker retrieves a few queries per recommendation, and the embedded engine scores each
+against every point of an unindexed collection. Over 3,453 items one float32 matrix product
+answers a query in about a third of the engine's time (p50 0.33 against 0.91 ms; 32 queries per
+call 12,909 against 4,563 queries/s), exactly (bench/retrieval.py, bench/reports/perf-20261207b). Past tens of thousands of items an HNSW index wins, so the recommender asks this
 only up to `STREAMREC_EXACT_RETRIEVAL_MAX_ITEMS` (inference/recommender.py) and asks the store
 above it. The store stays the catalog's truth: these arrays mirror the worker's item cache.
 """

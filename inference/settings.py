@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.experiments import VariantSpec
+from inference.profiles import MAX_STATED_PHRASES, PHRASES_UNTIL_RECENT
 from inference.segments import SEGMENTS
 
 
@@ -124,9 +125,10 @@ class InferenceSettings(BaseSettings):
         default=24, ge=2, le=1000, description="Catalog topics (k-means over item vectors): the exploration arms."
     )
     intent_phrases: int = Field(
-        default=16, ge=0, le=32,
+        default=16, ge=0, le=MAX_STATED_PHRASES,
         description="An intent that lists interests (\"running shoes, camping gear\") is also retrieved from phrase "
-        "by phrase, up to this many, until the user has 3 recent items; 0: the whole text as one vector only. "
+        f"by phrase, up to this many, until the user has {PHRASES_UNTIL_RECENT} recent items; 0: the whole text as "
+        "one vector only. "
         "Each phrase kept costs ~2 KB of the user's stored state and one more query per recommendation.",
     )
     interest_clusters: int = Field(

@@ -15,6 +15,7 @@ from operator import itemgetter
 import numpy as np
 
 from inference.catalog_matrix import CatalogMatrix
+from inference.event_encoder import EventEncoder
 from inference.profiles import decay
 from inference.schemas import Item
 from inference.store import Point, VectorStore
@@ -84,11 +85,15 @@ class ItemCache:
     in memory) while the cache holds at most `matrix_max_items`; past that the mirror is dropped,
     and a full read (`load`) of a catalog that fits builds it again. `complete` says the cache
     holds the whole collection as of its last full read, which is what makes searching the
-    mirror equivalent to searching the store."""
+    mirror equivalent to searching the store.
+
+    With `tower` (the model's event encoder), every record held is also mirrored as its tower
+    vector into `tower_matrix` (dot-product scores), whatever the catalog's size: 64-d vectors
+    are cheap to hold and to score; it answers exactly while `complete`."""
 
     def __init__(self, store: VectorStore, collection: str = ITEMS, capacity: int = 200_000, *,
                  ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 matrix_dim: int | None = None, matrix_max_items: int = 0):
+                 matrix_dim: int | None = None, matrix_max_items: int = 0, tower: EventEncoder | None = None):
         self._store, self._collection, self._capacity = store, collection, capacity
         self._ttl_s, self._clock = ttl_s, clock
         self._records: OrderedDict[str, ItemRecord] = OrderedDict()
@@ -97,6 +102,8 @@ class ItemCache:
         self._matrix_dim, self._matrix_max = matrix_dim, matrix_max_items if matrix_dim else 0
         self.matrix: CatalogMatrix | None = CatalogMatrix(matrix_dim) if self._matrix_max > 0 else None
         self.complete = False
+        self._tower = tower
+        self.tower_matrix = CatalogMatrix(tower.dim, normalize=False) if tower is not None else None
 
     def load(self, records: Iterable[ItemRecord], *, keep: Iterable[str] = ()) -> None:
         """Hold exactly `records`, a full read of the collection (read as it streams: a catalog
@@ -119,6 +126,14 @@ class ItemCache:
         self.matrix.put(record.item_id, record.vector, in_stock=record.in_stock, category=record.category,
                         price=record.price)
 
+    def _mirror_tower(self, record: ItemRecord) -> None:
+        vector = self._tower.item_vector(record.item_id, record.vector, record.title)
+        if vector is None:  # a tower without text cannot place an item it never saw
+            self.tower_matrix.forget(record.item_id)
+            return
+        self.tower_matrix.put(record.item_id, vector, in_stock=record.in_stock, category=record.category,
+                              price=record.price)
+
     def put(self, record: ItemRecord) -> None:
         item_id = record.item_id
         self._records[item_id] = record
@@ -126,6 +141,8 @@ class ItemCache:
         self._fresh_until[item_id] = self._clock() + self._ttl_s
         self._fresh_until.move_to_end(item_id)
         self._expired.discard(item_id)
+        if self.tower_matrix is not None:
+            self._mirror_tower(record)
         while len(self._records) > self._capacity:
             self.forget(next(iter(self._records)))
             self.complete = False
@@ -139,6 +156,8 @@ class ItemCache:
         self._records.pop(item_id, None)
         if self.matrix is not None:
             self.matrix.forget(item_id)
+        if self.tower_matrix is not None:
+            self.tower_matrix.forget(item_id)
         self._fresh_until.pop(item_id, None)
         self._expired.discard(item_id)
 
@@ -166,6 +185,10 @@ class ItemCache:
                 if item_id not in found:
                     self.forget(item_id)  # deleted, perhaps by another worker
         return found
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def records(self) -> Iterable[ItemRecord]:
         return self._records.values()

@@ -29,10 +29,14 @@ RESTRICTIVE_SHARE_INVERSE = 4
 
 
 class CatalogMatrix:
-    """Rows of items, found by id; a forgotten item's row is reused by the next new one."""
+    """Rows of items, found by id; a forgotten item's row is reused by the next new one.
 
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+    Scores are cosines (`normalize`, the store's metric for text vectors) or, for the event
+    encoder's item vectors, plain dot products: their lengths are part of what training learned."""
+
+    def __init__(self, dim: int, capacity: int = 1024, *, normalize: bool = True) -> None:
         self.dim = dim
+        self.normalize = normalize
         self._ids: list[str | None] = []
         self._row: dict[str, int] = {}
         self._free: list[int] = []
@@ -60,8 +64,8 @@ class CatalogMatrix:
 
     def put(self, item_id: str, vector: np.ndarray, *, in_stock: bool, category: str | None,
             price: float | None) -> None:
-        """Add an item or overwrite its row. The vector is stored at unit length: the store
-        searches by cosine, so a score here is the same number it would give."""
+        """Add an item or overwrite its row. With `normalize` the vector is stored at unit length:
+        the store searches by cosine, so a score here is the same number it would give."""
         row = self._row.get(item_id)
         if row is None:
             if self._free:
@@ -76,7 +80,7 @@ class CatalogMatrix:
         v = np.asarray(vector, dtype=np.float32)
         if v.shape != (self.dim,):
             raise ValueError(f"item {item_id!r}: a vector of shape {v.shape}, the catalog holds {self.dim}-d ones")
-        norm = float(np.linalg.norm(v))
+        norm = float(np.linalg.norm(v)) if self.normalize else 0.0
         self._vectors[row] = v / norm if norm > 0 else v
         self._live[row] = True
         self._in_stock[row] = in_stock
@@ -128,7 +132,8 @@ class CatalogMatrix:
         return mask
 
     def search(self, queries: np.ndarray, limit: int, *, filters: Sequence[Filter | None]) -> list[ScoredIds]:
-        """Each query's `limit` best items by cosine among those its filter passes, best first:
+        """Each query's `limit` best items (by cosine, or dot product without `normalize`) among
+        those its filter passes, best first:
         `VectorStore.search_ids` answered from the arrays.
 
         Queries sharing a Filter object (a user's several queries) share one mask. Queries whose
@@ -143,8 +148,9 @@ class CatalogMatrix:
         n = len(self._ids)
         if limit <= 0 or n == 0 or len(matrix) == 0:
             return [ScoredIds([], []) for _ in range(len(matrix))]
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = matrix / np.where(norms > 0, norms, 1.0)
+        if self.normalize:
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            matrix = matrix / np.where(norms > 0, norms, 1.0)
         groups: dict[int, tuple[Filter | None, list[int]]] = {}
         for j, f in enumerate(filters):
             groups.setdefault(id(f), (f, []))[1].append(j)

@@ -25,9 +25,13 @@ from inference.schemas import EventType
 from inference.store import Point, VectorStore
 
 USERS = "users"
-STATE_VERSION = 2
+STATE_VERSION = 3
 """Layout of the stored state string. 1: every field spelled out, both interest sums as base64;
-2: the long-term sum as its norm (the point's vector is its direction), arrays packed, defaults left out."""
+2: the long-term sum as its norm (the point's vector is its direction), arrays packed, defaults left out;
+3: as 2, with recent items' times as float32 seconds before the newest (5 characters each, not 10:
+the window grew from 20 to 100 items for the event encoder). A time read back is within float32's
+rounding of its age (under 1 s for events up to ~190 days older than the newest), and times that
+were equal stay equal."""
 
 TYPE_CODES: dict[EventType, str] = {
     EventType.view: "v", EventType.click: "c", EventType.add_to_cart: "a", EventType.remove_from_cart: "r",
@@ -131,8 +135,9 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
         state["categories"] = [list(profile.categories), b85_encode(np.fromiter(profile.categories.values(), "<f8")),
                                profile.categories_updated]
     if profile.recent:
+        newest = profile.recent[-1].ts
         state["recent"] = [[r.item_id for r in profile.recent], "".join(TYPE_CODES[r.type] for r in profile.recent),
-                           b85_encode(np.array([r.ts for r in profile.recent], dtype="<f8"))]
+                           b85_encode(np.array([newest - r.ts for r in profile.recent], dtype="<f4")), newest]
     if profile.purchased:
         state["purchased"] = list(profile.purchased)
     if profile.seen_events:
@@ -142,6 +147,8 @@ def profile_to_point(profile: Profile, dim: int, stored_id: str | None = None) -
         state["rfm"] = [rfm.first_ts, rfm.last_purchase_ts, rfm.purchases, rfm.monetary]
     if profile.events:
         state["events"] = profile.events
+    if profile.units:
+        state["units"] = profile.units
     if profile.stated_interest:
         state["stated_interest"] = True
     if profile.stated_phrases:
@@ -171,7 +178,7 @@ def profile_from_point(point: Point) -> Profile:
     version = state.get("v", 1)
     if version == 1:
         return _profile_from_v1(point.payload["user_id"], state)
-    if version == 2:
+    if version in (2, 3):
         return _profile_from_v2(point, state)
     raise ProfileStateError(
         f"profile {point.id!r} has state layout {version!r}; this code reads layouts 1-{STATE_VERSION}: "
@@ -187,6 +194,7 @@ def segment_and_interest(point: Point) -> tuple[str | None, bool]:
 
 
 def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
+    """Layouts 2 and 3 (they differ in how recent items' times are packed)."""
     long_term = None
     if (lt := state.get("long_term")) is not None:
         scale, mass, updated = lt
@@ -211,9 +219,13 @@ def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
         categories = dict(zip(names, b85_decode(scores, "<f8").tolist(), strict=True))
     recent: tuple[RecentItem, ...] = ()
     if (r := state.get("recent")) is not None:
-        ids, types, times = r
-        recent = tuple(RecentItem(i, _TYPES_BY_CODE[t], ts)
-                       for i, t, ts in zip(ids, types, b85_decode(times, "<f8").tolist(), strict=True))
+        if len(r) == 4:  # layout 3: ages before the newest
+            ids, types, ages, newest = r
+            times = (float(newest) - b85_decode(ages, "<f4").astype(np.float64)).tolist()
+        else:
+            ids, types, packed = r
+            times = b85_decode(packed, "<f8").tolist()
+        recent = tuple(RecentItem(i, _TYPES_BY_CODE[t], ts) for i, t, ts in zip(ids, types, times, strict=True))
     first_ts, last_purchase_ts, purchases, monetary = state.get("rfm", (None, None, 0, 0.0))
     return Profile(
         user_id=point.payload["user_id"],
@@ -227,6 +239,7 @@ def _profile_from_v2(point: Point, state: dict[str, Any]) -> Profile:
         seen_events=tuple(b85_decode(state.get("seen_events", ""), "<u8").tolist()),
         rfm=Rfm(first_ts, last_purchase_ts, int(purchases), float(monetary)),
         events=int(state.get("events", 0)),
+        units=int(state.get("units", 0)),
         stated_interest=bool(state.get("stated_interest", False)),
         stated_phrases=_phrases(state.get("stated_phrases")),
         segment=state.get("segment"),

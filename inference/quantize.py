@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.event_encoder import tower_folder
 from inference.encoder import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -91,6 +92,8 @@ def quantize_int8(onnx_dir: Path, out_dir: Path) -> Path:
         finally:
             root.removeFilter(_quantizer_chatter)
         shutil.copyfile(onnx_dir / manifest["tokenizer"], tmp_dir / manifest["tokenizer"])
+        if tower_folder(onnx_dir).is_dir():  # the event encoder travels with its text encoder
+            shutil.copytree(tower_folder(onnx_dir), tower_folder(tmp_dir))
         quantized = {
             **manifest,
             "version": f"{manifest['version']}{INT8_SUFFIX}",

@@ -35,6 +35,7 @@ from inference.catalog import (
 )
 from inference.clustering import InterestCentroid, interest_centroids
 from inference.encoder import TextEncoder
+from inference.event_encoder import EventEncoder, Window, load_event_encoder, unit_ages
 from inference.experiments import VariantSpec, assign_variant
 from inference.explanations import Evidence, explain
 from inference.exploration import (
@@ -157,6 +158,7 @@ class SwapPlan:
     encoder: TextEncoder
     path: str | None
     collection: str
+    tower: EventEncoder | None
     payloads: dict[str, dict]
     reused: dict[str, np.ndarray]
     to_embed: list[str]
@@ -188,8 +190,9 @@ def _ensure_items_collection(store: VectorStore, name: str, dim: int) -> None:
 
 class Recommender:
     def __init__(self, encoder: TextEncoder, store: VectorStore, settings: InferenceSettings, *,
-                 items_collection: str = ITEMS):
+                 items_collection: str = ITEMS, tower: EventEncoder | None = None):
         self.encoder, self.store, self.settings = encoder, store, settings
+        self.tower = tower  # the event encoder of the served model version, where it has one
         self.on_stage: Callable[[str, float], None] | None = None  # told how long each stage took
         self.dim = encoder.dim
         self.items_collection = items_collection
@@ -255,11 +258,18 @@ class Recommender:
 
     @property
     def model_version(self) -> str:
+        """The text encoder's version: the space of the stored item and profile vectors."""
         return self.encoder.version
+
+    @property
+    def served_version(self) -> str:
+        """What answers, as recommendations name it: the text encoder, and the event encoder
+        beside it where the version has one."""
+        return self.model_version if self.tower is None else f"{self.model_version}+{self.tower.version}"
 
     def _item_cache(self, collection: str) -> ItemCache:
         return ItemCache(self.store, collection, ttl_s=self.settings.item_cache_ttl_s, matrix_dim=self.dim,
-                         matrix_max_items=self.settings.exact_retrieval_max_items)
+                         matrix_max_items=self.settings.exact_retrieval_max_items, tower=self.tower)
 
     def _load_catalog(self) -> None:
         """Warm the item cache (one scroll at start-up)."""
@@ -273,7 +283,8 @@ class Recommender:
     def begin_catalog_read(self) -> str | None:
         """Step 1 of `refresh_catalog` (recommender thread): note the items changed from now on;
         None where the catalog is too big to be searched in memory (nothing to read then)."""
-        if self.store.count(self.items_collection) > self.settings.exact_retrieval_max_items:
+        limit = self.items.capacity if self.tower is not None else self.settings.exact_retrieval_max_items
+        if self.store.count(self.items_collection) > limit:
             return None
         self._changed_during_read = set()
         return self.items_collection
@@ -334,7 +345,7 @@ class Recommender:
                        {"arms": {t: [a.shown, a.rewarded] for t, a in self.arms.items()}})
 
     # ---- model swap ----------------------------------------------------------------------
-    def plan_swap(self, encoder: TextEncoder, path: str | None = None) -> SwapPlan:
+    def plan_swap(self, encoder: TextEncoder, path: str | None = None, tower: EventEncoder | None = None) -> SwapPlan:
         """Step 1 of a hot swap (recommender thread, quick): the target collection and what the
         new model must embed. Items changed from now on are noted and redone in step 3."""
         if encoder.dim != self.dim:
@@ -352,7 +363,7 @@ class Recommender:
                     reused[point.id] = point.vector
         to_embed = [i for i in ids if i not in reused]
         self._changed_during_swap = set()
-        return SwapPlan(encoder, path, collection, payloads, reused, to_embed,
+        return SwapPlan(encoder, path, collection, tower, payloads, reused, to_embed,
                         [_payload_text(payloads[i]) for i in to_embed])
 
     def finish_swap(self, plan: SwapPlan, vectors: np.ndarray) -> dict:
@@ -377,7 +388,7 @@ class Recommender:
         if gone:
             self.store.delete(plan.collection, gone)
         previous = self.model_version
-        self.encoder, self.items_collection = plan.encoder, plan.collection
+        self.encoder, self.items_collection, self.tower = plan.encoder, plan.collection, plan.tower
         self.items = self._item_cache(plan.collection)
         self._load_catalog()
         self._load_state()
@@ -800,8 +811,8 @@ class Recommender:
 
     def _interests(self, profile: Profile, clusters: int) -> list[InterestCentroid]:
         """The user's distinct recent interests (PinnerSage-style medoids), heaviest first."""
-        records = self.items.get_many(r.item_id for r in profile.recent)
-        recent = [(r, w) for r, w in zip(profile.recent, recent_weights(profile, self._now(profile), self.params))
+        records = self.items.get_many(r.item_id for r in profile.latest)
+        recent = [(r, w) for r, w in zip(profile.latest, recent_weights(profile, self._now(profile), self.params))
                   if r.item_id in records]
         if not recent:
             return []
@@ -836,19 +847,23 @@ class Recommender:
     ) -> list[tuple[Recommendation, list[ExploredSlot]]]:
         limit = max(self.settings.candidates, k)
         strategies = [self.strategy(p.user_id) for p in profiles]
+        store_filters = [self._store_filter(p, f) for p, f in zip(profiles, filters)]
+        tower_found = self._tower_retrieve(profiles, store_filters, limit)
         with self._stage("queries"):
-            queries = [self._queries(p, s.interest_clusters) for p, s in zip(profiles, strategies)]
-        flat = [(i, q) for i, qs in enumerate(queries) for q in qs]
+            # A user the event encoder answered needs only the blended interest (exploration reads it).
+            queries = [self._queries(p, 1 if i in tower_found else s.interest_clusters)
+                       for i, (p, s) in enumerate(zip(profiles, strategies))]
+        flat = [(i, q) for i, qs in enumerate(queries) if i not in tower_found for q in qs]
         found_per_query: list = []
         if flat:
-            store_filters = [self._store_filter(profiles[i], filters[i]) for i in range(len(profiles))]
             with self._stage("retrieve"):
                 # Ids and scores only: title, category and price come from the item cache.
                 found_per_query = self._retrieve(np.stack([q for _, q in flat]), limit,
                                                  [store_filters[i] for i, _ in flat])
         topics = self.ensure_topics() if any(s.exploration_rate > 0 for s in strategies) else self.topics
         with self._stage("rank"):
-            hits_by_index = self._candidate_pools([i for i, _ in flat], found_per_query)
+            owners = [i for i, _ in flat] + list(tower_found)
+            hits_by_index = self._candidate_pools(owners, [*found_per_query, *tower_found.values()])
             now = utcnow()
             out = []
             segment_popular: dict[str, frozenset[str]] = {}
@@ -879,11 +894,41 @@ class Recommender:
                     items.append(RecommendedItem(item_id=c.item_id, score=round(entry.score, 6), position=n,
                                                  reason=reason, explore=topic is not None))
                 out.append((
-                    Recommendation(rec_id=rec_id, user_id=profile.user_id, items=items, model_version=self.model_version,
+                    Recommendation(rec_id=rec_id, user_id=profile.user_id, items=items, model_version=self.served_version,
                                    variant=strategy.variant, generated_at=now),
                     explored,
                 ))
         return out
+
+    def _tower_retrieve(self, profiles: Sequence[Profile], store_filters: Sequence[Filter],
+                        limit: int) -> dict[int, ScoredIds]:
+        """Candidates from the event encoder, by profile index, for the users it can read: a fresh
+        user vector from each one's recent items (one ONNX call for the batch), then the best
+        items by dot product with it among those the filter passes, scores divided by the
+        tower's scale (so they sit where the ranker's cosines do). Users with no recent item it
+        can place keep the text queries; so does everyone while the item cache does not hold
+        the whole catalog, or where a filter names a field the in-memory copy lacks."""
+        tower, matrix = self.tower, self.items.tower_matrix
+        if tower is None or matrix is None or not self.items.complete:
+            return {}
+        readable = [i for i, p in enumerate(profiles) if p.recent and matrix.answers(store_filters[i])]
+        if not readable:
+            return {}
+        with self._stage("user_tower"):
+            records = self.items.get_many(r.item_id for i in readable for r in profiles[i].recent)
+            owners, windows = [], []
+            for i in readable:
+                window = tower_window(profiles[i], records, tower)
+                if window is not None:
+                    owners.append(i)
+                    windows.append(window)
+            if not windows:
+                return {}
+            users = tower.user_vectors(windows)
+        with self._stage("retrieve"):
+            found = matrix.search(users, limit, filters=[store_filters[i] for i in owners])
+        scale = tower.score_scale
+        return {i: ScoredIds(ids, [score / scale for score in scores]) for i, (ids, scores) in zip(owners, found)}
 
     def _candidate_pools(self, owners: Sequence[int], found_per_query: Sequence) -> dict[int, CandidatePool]:
         """Each user's candidates from the results of their queries (`owners[j]` is the user of
@@ -906,14 +951,14 @@ class Recommender:
         return pools
 
     def _evidence(self, profile: Profile, segment_popular: dict[str, frozenset[str]]) -> Evidence:
-        records = self.items.get_many(r.item_id for r in profile.recent)
+        records = self.items.get_many(r.item_id for r in profile.latest)
         group_name, group_centroid = self._group(profile) or (None, None)
         segment = profile.segment or ""
         if segment not in segment_popular:  # one top-N per segment per batch, not per user
             popular = self.segment_popularity.get(segment)
             segment_popular[segment] = frozenset(popular.top(SEGMENT_POPULAR)) if popular is not None else frozenset()
         return Evidence(
-            recent=profile.recent,
+            recent=profile.latest,
             vectors={i: r.vector for i, r in records.items()},
             titles={i: r.title for i, r in records.items()},
             stated_interest=profile.stated_interest,
@@ -937,7 +982,7 @@ class Recommender:
         n = explore_count(min(k, len(ranked)), strategy.exploration_rate, rng)
         if n == 0:
             return plain, []
-        known = {topics.of(r.item_id) for r in profile.recent} | {topics.of(r.item_id) for r in ranked}
+        known = {topics.of(r.item_id) for r in profile.latest} | {topics.of(r.item_id) for r in ranked}
         candidates = [t for t in topics.ids if t not in known]
         chosen = choose_topics(candidates, self.arms, profile.topics, n, rng,
                                prior_strength=self.settings.exploration_prior_strength)
@@ -985,6 +1030,26 @@ class Recommender:
             if len(out) >= limit:
                 break
         return out
+
+
+def tower_window(profile: Profile, records: Mapping[str, ItemRecord], tower: EventEncoder) -> Window | None:
+    """The event encoder's view of a user's recent items: those still in the catalog whose events
+    speak of interest (not impressions, not removals), in order, a unit per timestamp (a
+    basket's lines share theirs), behind the count of all the user's units. None where none
+    is left."""
+    vectors, keys = [], []
+    for r in profile.recent:
+        record = records.get(r.item_id)
+        if record is None or EVENT_WEIGHTS[r.type] <= 0:
+            continue
+        vector = tower.item_vector(r.item_id, record.vector, record.title)
+        if vector is not None:
+            vectors.append(vector)
+            keys.append(r.ts)
+    if not vectors:
+        return None
+    ages, units = unit_ages(keys)
+    return Window(np.stack(vectors), ages, max(units, profile.units))
 
 
 def _passes(record: ItemRecord, f: Filter) -> bool:
@@ -1046,6 +1111,11 @@ def open_encoder(settings: InferenceSettings, onnx_dir: Path) -> TextEncoder:
                        threads=settings.encoder_threads)
 
 
+def open_event_encoder(settings: InferenceSettings, onnx_dir: Path) -> EventEncoder | None:
+    """The event encoder in the served model's folder, unless `event_encoder` is off."""
+    return load_event_encoder(onnx_dir) if settings.event_encoder else None
+
+
 def open_recommender(settings: InferenceSettings) -> Recommender:
     """Everything the engine needs, from settings: vector store and encoder (exported if needed).
     A store that was switched to another model by a rollout keeps serving that model after a
@@ -1056,4 +1126,4 @@ def open_recommender(settings: InferenceSettings) -> Recommender:
     onnx_dir = Path(rolled_out) if rolled_out and Path(rolled_out).is_dir() else encoder_dir(settings)
     encoder = open_encoder(settings, onnx_dir)
     collection = serving.get("collections", {}).get(encoder.version, ITEMS)
-    return Recommender(encoder, store, settings, items_collection=collection)
+    return Recommender(encoder, store, settings, items_collection=collection, tower=open_event_encoder(settings, onnx_dir))

@@ -88,6 +88,12 @@ class InferenceSettings(BaseSettings):
         "every item vector, one matrix product per batch); larger ones from the vector store's index. 0: always "
         "the store. With a Qdrant server the copy is read again every item_cache_ttl_s, for other workers' changes.",
     )
+    event_encoder: bool = Field(
+        default=True,
+        description="Serve the event encoder (user tower) where the model folder has one (`tower/`, written by "
+        "`streamrec train --tower` or `streamrec evaluate --export-tower`): users with recent items are retrieved "
+        "for by a fresh user vector computed from them on every event. false: the profile's text vectors only.",
+    )
     blas_threads: int = Field(
         default=1, ge=1, le=256,
         description="numpy's BLAS threads in the worker's recommender process. OpenBLAS spins idle threads, "
@@ -193,4 +199,5 @@ class InferenceSettings(BaseSettings):
         other workers write items too; the embedded store is locked to this one, which sees every
         change it makes. None: never."""
         shared = bool(self.qdrant_url) and self.qdrant_url != ":memory:"
-        return self.item_cache_ttl_s if shared and self.exact_retrieval_max_items > 0 else None
+        copied = self.exact_retrieval_max_items > 0 or self.event_encoder
+        return self.item_cache_ttl_s if shared and copied else None

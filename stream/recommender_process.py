@@ -189,12 +189,13 @@ class RecommenderService:
     def swap_model(self, path: str, version: str) -> dict:
         """Load the announced encoder and embed the catalog with it here, while the recommender
         keeps answering with the old one; then switch between two batches."""
-        from inference.recommender import ModelSwapError, open_encoder
+        from inference.recommender import ModelSwapError, open_encoder, open_event_encoder
 
         encoder = open_encoder(self.recommender.settings, Path(path))
         if encoder.version != version:
             raise ModelSwapError(f"{path} holds model {encoder.version}, not {version}")
-        plan = self.on_recommender(self.recommender.plan_swap, encoder, path)
+        tower = open_event_encoder(self.recommender.settings, Path(path))
+        plan = self.on_recommender(self.recommender.plan_swap, encoder, path, tower)
         vectors = encoder.encode(plan.texts)
         return self.on_recommender(self.recommender.finish_swap, plan, vectors)
 

@@ -46,6 +46,7 @@ Cold start (reported beside the warm figures, streamrec and popularity only):
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 import logging
@@ -63,7 +64,8 @@ from training.fit import FitConfig, FitResult, fit, score_users
 from training.fresh_popularity import decayed_counts, log_scaled_rows, training_purchases
 from training.metrics import rank_items, summarize
 from training.model import TowerConfig, TwoTower
-from training.served import SERVED_DEPTH, served_intent_scores
+from training.served import SERVED_DEPTH, served_history_scores, served_intent_scores
+from training.tower_export import export_tower, history_windows
 from training.split import (
     EvalCases,
     Phase,
@@ -75,7 +77,8 @@ from training.split import (
     split_sequences,
     warm_slices,
 )
-from training.title_words import TitleWords, with_title_words
+from inference.title_words import TitleWords
+from training.title_words import with_title_words
 
 Format = Literal["online-retail", "sequences"]
 FORMATS: tuple[str, ...] = ("online-retail", "sequences")
@@ -216,6 +219,8 @@ class EvaluateOptions:
     peer_epochs: int = 5
     peer_timeout_s: float | None = None
     cold_start: bool = True
+    served: bool = True
+    export_tower: Path | None = None
     cold_fraction: float = 0.1
     data_dir: Path | None = None
     progress: bool = True
@@ -429,6 +434,8 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
         text = encode_texts(encoder, split.item_text, _data_dir(options) / "cache", desc="item titles" if options.progress else None)
     streamrec, fitted = run_streamrec(split, cases, options, text)
     results["streamrec"] = streamrec.as_json()
+    if encoder is not None and (options.served or options.export_tower is not None):
+        results.update(served_event_encoder(split, cases, fitted, encoder, vocabulary, options))
     fresh = None
     if split.unit_times is not None:
         fresh = FreshPopularity(split, options, cases)
@@ -460,6 +467,41 @@ def evaluate_split(split: ProtocolSplit, options: EvaluateOptions = EvaluateOpti
             weight=out["cold_start"]["text_only_users"]["match_weight"], progress=options.progress,
         )
     return out
+
+
+def served_event_encoder(
+    split: ProtocolSplit, cases: EvalCases, fitted: FitResult, encoder: Any, vocabulary: TitleWords | None,
+    options: EvaluateOptions,
+) -> dict[str, dict[str, Any]]:
+    """streamrec's model as the worker serves it (training/served.py): exported for the worker
+    (into ``options.export_tower`` when given, else a temporary folder), then every test user's
+    past replayed into a worker's engine and its answer ranked. The ``worker_event_encoder`` row
+    differs from ``streamrec`` by what serving changes: the worker's window of recent items (not
+    the whole history), ONNX instead of torch, and its exclusion of purchased items."""
+    start = time.perf_counter()
+    model = fitted.model
+    with torch.no_grad():
+        item_vectors = model.items().numpy()
+    scale_users = cases.users[:: max(1, len(cases) // 500)]
+    with tempfile.TemporaryDirectory(prefix="streamrec-tower-") as tmp:
+        folder = export_tower(
+            model, split.item_ids, Path(options.export_tower or Path(tmp) / "tower"), vocabulary=vocabulary,
+            text_space=encoder.version, scale_windows=history_windows(split, scale_users, "validation", item_vectors),
+            info={"trained_on": split.describe(), "validation": fitted.best_validation,
+                  "train_s": round(fitted.train_s, 1)},
+        )
+        export_s = time.perf_counter() - start
+        if not options.served:
+            return {}
+        scores = served_history_scores(split, cases.users, cases.phase, encoder, folder)
+    ranking = _rank_matrix(scores.numpy(), cases)
+    from inference.profiles import MAX_RECENT
+
+    extra = {"window_items": MAX_RECENT, "depth": SERVED_DEPTH, "export_s": round(export_s, 1),
+             "note": "the streamrec model exported (ONNX user tower, item tables) and served by the worker's own "
+                     "engine after replaying each user's past as purchase events; ranked by the tower score alone"}
+    return {"worker_event_encoder": SystemResult(ranking.metrics(split.n_items), fitted.train_s + export_s,
+                                                 time.perf_counter() - start - export_s, extra).as_json()}
 
 
 def cold_items(

@@ -43,6 +43,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-seen", action="store_true",
                    help="rank already-bought items too (default: exclude them from ranking and targets)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start evaluations")
+    p.add_argument("--no-served", action="store_true",
+                   help="skip the worker's own answers (the exported event encoder replayed in the serving engine)")
+    p.add_argument("--export-tower", type=Path, default=None, metavar="DIR",
+                   help="also write streamrec's fitted towers here, as a worker serves them (a model folder's tower/)")
     p.add_argument("--cold-fraction", type=float, default=0.1, help="share of items held out for the new-item cold start")
     p.add_argument("--report", type=Path, default=None, help="write report.md, metrics.png and result.json here")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -73,6 +77,8 @@ def run_cli(args: argparse.Namespace) -> int:
         peer_epochs=args.peer_epochs,
         peer_timeout_s=args.peer_timeout,
         cold_start=not args.no_cold_start,
+        served=not args.no_served,
+        export_tower=args.export_tower,
         cold_fraction=args.cold_fraction,
         progress=not args.quiet,
         seed=args.seed,

@@ -390,6 +390,9 @@ def rank_metrics(item_vectors: np.ndarray, source: np.ndarray, target: np.ndarra
     )
 
 
+NOT_PUBLISHED = "; not published (--force publishes anyway)"
+
+
 def publish_decision(
     base: dict[str, float], tuned: dict[str, float], n_validation: int, *, force: bool = False
 ) -> tuple[bool, str]:
@@ -404,7 +407,7 @@ def publish_decision(
         return True, f"tuned {DECIDING_METRIC} {t:.5f} >= base {b:.5f}"
     if force:
         return True, f"forced: {why}"
-    return False, f"{why}; not published (--force publishes anyway)"
+    return False, f"{why}{NOT_PUBLISHED}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,6 +678,8 @@ class FinetuneOptions:
     device: str = "auto"
     force: bool = False
     precision: str | None = None  # None: STREAMREC_ENCODER_PRECISION
+    tower: bool = False
+    tower_time_budget: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -810,6 +815,13 @@ def train_version(options: FinetuneOptions) -> TrainResult:
     tuned_vectors = embed_items(model, eval_ids, pad_id, device, desc="embedding catalog (tuned)")
     tuned_metrics = rank_metrics(tuned_vectors, validation.source, validation.target)
     published, reason = publish_decision(base_metrics, tuned_metrics, len(validation), force=options.force)
+    encoder_weights = "tuned"
+    if not published and options.tower:
+        # The event encoder is the bigger gain: it is published beside the base text encoder's weights.
+        model = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
+        published, encoder_weights = True, "base"
+        reason = (f"the text encoder's refit is not kept ({reason.removesuffix(NOT_PUBLISHED)}): the version pairs the "
+                  "base encoder's weights with the new event encoder")
 
     with tempfile.TemporaryDirectory(prefix="streamrec-finetune-") as tmp:
         hf_tmp = Path(tmp) / HF_DIR
@@ -847,12 +859,18 @@ def train_version(options: FinetuneOptions) -> TrainResult:
             },
             "published": published,
             "decision": reason,
+            "encoder_weights": encoder_weights,
             "created_at": _rfc3339(created),
         }
         if not published:
             log.warning("version %s not published: %s", version, reason)
             return TrainResult(version, None, manifest, False, reason, round(time.monotonic() - started, 2))
         path, manifest = _publish_version(hf_tmp, models_root / VERSIONS_DIR, version, manifest)
+    if options.tower:
+        from training.tower_refit import refit_tower
+
+        manifest["tower"] = refit_tower(interactions, path, time_budget_s=options.tower_time_budget, seed=options.seed)
+        (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     entry = {
         "version": version,
         "path": f"{VERSIONS_DIR}/{version}",
@@ -930,6 +948,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="int8: also write <version>-int8 (checked against fp32, with its own metrics) and make "
                         "it the version to announce (default: STREAMREC_ENCODER_PRECISION, else fp32)")
+    p.add_argument("--tower", action="store_true",
+                   help="also fit the event encoder (two towers) on the same log with the new text encoder, and "
+                        "export it into the version's tower/ folder: workers then retrieve by a user vector computed "
+                        "from each user's recent items (STREAMREC_EVENT_ENCODER)")
+    p.add_argument("--tower-time-budget", type=float, default=900.0,
+                   help="seconds for the event encoder's epochs (default: 900; early stopping usually ends sooner)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -952,6 +976,11 @@ def format_result(result: TrainResult) -> str:
          f"base {m['base_version']}, total {result.total_s:.0f}s"),
         f"{'published' if result.published else 'NOT published'} {result.version}: {result.reason}",
     ]
+    if "tower" in m:
+        tower = m["tower"]["metrics"]
+        lines.append(f"event encoder: {m['tower']['epochs']} epochs in {m['tower']['train_s']:.0f}s, validation "
+                     f"NDCG@10 {tower['validation']['ndcg@10']:.4f}, test HR@10 {tower['test']['hr@10']:.4f} "
+                     f"NDCG@10 {tower['test']['ndcg@10']:.4f} ({m['tower']['trained_on']['users']} users)")
     if result.path is not None:
         lines.append(f"folder: {result.path}")
     return "\n".join(lines)

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from inference.event_encoder import MAX_UNIT_AGE
+
 # Event types of the events topic (DESIGN §3) the user tower can tell apart.
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
 PURCHASE = EVENT_TYPES.index("purchase")
-MAX_UNIT_AGE = 15
 # Special tokens of a user window (item tokens are item indices >= 0).
 PAD, BEGIN, EXTERNAL = -1, -2, -3
 CONTENT_MODES = ("replace", "add")
@@ -212,9 +213,11 @@ class UserTower(nn.Module):
         A padded position may attend to itself, so no row is fully blocked (a fully blocked row
         gives NaN, which 0-weights do not stop from spreading in the next layer).
         """
-        length = padding.shape[1]
-        eye = torch.eye(length, dtype=torch.bool, device=padding.device)
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=padding.device), 1)
+        # Comparisons of positions, not eye/triu: the same masks, in ops ONNX runtimes implement
+        # for booleans (training/tower_export.py exports this).
+        position = torch.arange(padding.shape[1], device=padding.device)
+        eye = position[:, None] == position[None, :]
+        future = position[None, :] > position[:, None]
         blocked = (future | padding[:, None, :]) & ~eye
         return blocked.repeat_interleave(self.config.heads, dim=0)
 

@@ -10,35 +10,12 @@ each word means here; a new item whose title shares words with trained ones land
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from inference.title_words import TitleWords, words
 from training.split import ProtocolSplit
-
-_NOT_WORD = re.compile(r"[^0-9a-z]+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words of ``text``; numbers alone ("3", "12") say nothing and are left out."""
-    return [w for w in _NOT_WORD.split(text.lower()) if w and not w.isdigit()]
-
-
-@dataclass(frozen=True)
-class TitleWords:
-    """A vocabulary of title words and its attribute indices, which start at ``offset`` (after
-    the catalog's own attributes)."""
-
-    index: dict[str, int]
-    offset: int
-
-    def of(self, text: str) -> list[int]:
-        """Attribute indices of the known words of ``text`` (each once, sorted)."""
-        return sorted({self.index[w] + self.offset for w in words(text) if w in self.index})
-
-    def __len__(self) -> int:
-        return len(self.index)
 
 
 def title_words(titles: Sequence[str], *, min_items: int = 2, offset: int = 0) -> TitleWords:

@@ -42,7 +42,7 @@ FULL = Profile(
     purchased=("i-2",),
     seen_events=(1, 2**64 - 1, 12345678901234567890),
     rfm=Rfm(1293840000.0, 1293840061.25, 1, 19.99),
-    events=3, stated_interest=True, segment="new", space="enc-2",
+    events=3, units=2, stated_interest=True, segment="new", space="enc-2",
     topics={"7": Arm(3.0, 1.0)},
     exploring=(ExploredSlot("r-1", "i-9", "7", True, False),),
 )
@@ -112,9 +112,11 @@ def built_profiles(n: int, dim: int = 16, seed: int = 0) -> list[Profile]:
 def assert_same(got: Profile, want: Profile, long_term: str = "ulp") -> None:
     """Equal field by field. The long-term sum, rebuilt as norm x stored direction, may differ from the
     one saved by one float32 ulp ("ulp"), by a few where a server renormalises the direction ("server"),
-    or must be bit-identical ("exact")."""
-    assert replace(got, long_term=None, session=None, stated_phrases=()) == \
-        replace(want, long_term=None, session=None, stated_phrases=())
+    or must be bit-identical ("exact"). Recent items' times, stored as float32 ages before the newest, are
+    within that rounding (exact for the newest)."""
+    assert replace(got, long_term=None, session=None, stated_phrases=(), recent=()) == \
+        replace(want, long_term=None, session=None, stated_phrases=(), recent=())
+    assert_same_recent(got.recent, want.recent)
     assert [v.tobytes() for v in got.stated_phrases] == [v.tobytes() for v in want.stated_phrases]
     for a, b in ((got.long_term, want.long_term), (got.session, want.session)):
         assert (a is None) == (b is None)
@@ -130,6 +132,16 @@ def assert_same(got: Profile, want: Profile, long_term: str = "ulp") -> None:
         else:
             ulps = 1 if long_term == "ulp" else 4
             assert np.all(np.abs(g - w) <= ulps * np.spacing(np.abs(w))), float(np.max(np.abs(g - w)))
+
+
+def assert_same_recent(got: tuple[RecentItem, ...], want: tuple[RecentItem, ...]) -> None:
+    assert [(r.item_id, r.type) for r in got] == [(r.item_id, r.type) for r in want]
+    if want:
+        newest = want[-1].ts
+        assert got[-1].ts == newest
+        for g, w in zip(got, want, strict=True):
+            age = np.float32(abs(newest - w.ts))
+            assert abs(g.ts - w.ts) <= np.spacing(age) + 2 * np.spacing(newest), (g.ts, w.ts)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -167,7 +179,7 @@ def test_round_trip_of_a_profile_with_every_field():
     point = profile_to_point(FULL, DIM)
     assert np.allclose(point.vector, FULL.long_term.direction()) and point.payload["user_id"] == "u-1"
     state = json.loads(point.payload["state"])
-    assert state["v"] == STATE_VERSION == 2
+    assert state["v"] == STATE_VERSION == 3
     assert isinstance(state["long_term"][0], float)  # the norm: the sum itself is not stored twice
     assert state["segment"] == "new"  # read directly by Recommender.refresh_groups
     assert_same(profile_from_point(point), FULL)
@@ -235,8 +247,8 @@ def test_segment_and_interest_read_from_both_layouts_without_decoding_the_profil
 
 
 def test_a_newer_layout_is_refused_with_a_clear_error():
-    point = Point("u", np.ones(DIM, np.float32), {"user_id": "u", "state": '{"v":3}'})
-    with pytest.raises(ProfileStateError, match="layout 3"):
+    point = Point("u", np.ones(DIM, np.float32), {"user_id": "u", "state": '{"v":4}'})
+    with pytest.raises(ProfileStateError, match="layout 4"):
         profile_from_point(point)
 
 
@@ -248,20 +260,48 @@ def test_the_new_layout_is_smaller_than_the_old():
         assert np.array_equal(new.vector, old.vector)
 
 
-# --------------------------------------------------------------------------- layout 1 (stored by earlier releases)
+def test_recent_times_keep_their_order_and_ties_and_stay_within_a_second_over_half_a_year():
+    newest = 1.7e9
+    ages = [190 * 86400.0, 3600.5, 3600.5, 1.25, 0.0]  # oldest first, two events at the same time
+    recent = tuple(RecentItem(f"i-{n}", EventType.view, newest - a) for n, a in enumerate(ages))
+    got = profile_from_point(profile_to_point(Profile("u", recent=recent), DIM)).recent
+    times = [r.ts for r in got]
+    assert times == sorted(times) and times[1] == times[2] and times[-1] == newest
+    assert max(abs(g - w.ts) for g, w in zip(times, recent, strict=True)) < 1.0
+
+
+# --------------------------------------------------------------------------- earlier layouts (stored by earlier releases)
+
+# What the code of layout 2 (recent times as float64, no unit count) wrote for FULL, verbatim.
+V2_FULL = Point("u-1", np.array([0.2071121484041214, -0.5177803635597229, 0.8284485936164856, 0.05177803710103035],
+                                np.float32), {"user_id": "u-1", "state": (
+    '{"v":2,"long_term":[2.4141509532928467,9.5,1293840061.25],"session":["00000006*0002P0002Nh",2.0,'
+    '1293840099.123456],"session_id":"s-9","categories":[["shoes","tents"],"00000000g^000000002M",'
+    '1293840099.123456],"recent":[["i-1","i-2","i-3"],"vpr","0001>n@7_@002<0n@7_@wC2aSn@7_@"],'
+    '"purchased":["i-2"],"seen_events":"0RR9100000|NsC0|NsC0(h48zjHy(s","rfm":[1293840000.0,1293840061.25,1,'
+    '19.99],"events":3,"stated_interest":true,"segment":"new","space":"enc-2","topics":{"7":[3.0,1.0]},'
+    '"exploring":[["r-1","i-9","7",true,false]]}')})
+
+
+def test_states_written_by_the_second_layout_still_load_with_exact_times():
+    got = profile_from_point(V2_FULL)
+    assert_same(got, replace(FULL, units=0))
+    assert got.recent == FULL.recent  # layout 2 stored the times themselves
+    assert segment_and_interest(V2_FULL) == ("new", True)
+
 
 
 def test_states_written_by_the_first_layout_still_load():
-    assert_same(profile_from_point(V1_FULL), FULL, "exact")  # layout 1 stored the sums themselves
-    assert_same(profile_from_point(replace(V1_FULL, vector=None)), FULL, "exact")
+    assert_same(profile_from_point(V1_FULL), replace(FULL, units=0), "exact")  # layout 1 stored the sums
+    assert_same(profile_from_point(replace(V1_FULL, vector=None)), replace(FULL, units=0), "exact")
     assert profile_from_point(V1_EMPTY) == Profile(user_id="u-2")
 
 
 def test_the_reference_layout_1_writer_matches_what_was_stored():
     assert v1_point(FULL, DIM).payload == V1_FULL.payload
     assert v1_point(Profile(user_id="u-2"), DIM).payload == V1_EMPTY.payload
-    for profile in built_profiles(40, seed=4):
-        assert_same(profile_from_point(v1_point(profile, 16)), profile, "exact")
+    for profile in built_profiles(40, seed=4):  # layout 1 predates the unit count: it reads as 0
+        assert_same(profile_from_point(v1_point(profile, 16)), replace(profile, units=0), "exact")
 
 
 # --------------------------------------------------------------------------- the repository, on both backends
@@ -292,7 +332,9 @@ def test_repository_round_trip_through_the_store(store):
                                vector=vector, category="c", session_id="s", quantity=1, price=2.0, params=params)
 
         a, b = next_event(got[p.user_id]), next_event(p)
-        assert replace(a, long_term=None, session=None) == replace(b, long_term=None, session=None)
+        assert replace(a, long_term=None, session=None, recent=()) == replace(b, long_term=None, session=None,
+                                                                              recent=())
+        assert_same_recent(a.recent, b.recent)
         assert a.session.total.tobytes() == b.session.total.tobytes()
         assert np.allclose(a.long_term.total, b.long_term.total, rtol=1e-6, atol=1e-7)
 
@@ -303,7 +345,7 @@ def test_repository_reads_profiles_stored_in_the_first_layout(store):
     repo = ProfileRepository(store, 16)
     got = repo.get_many([p.user_id for p in profiles])
     for p in profiles:
-        assert_same(got[p.user_id], p, "exact")
+        assert_same(got[p.user_id], replace(p, units=0), "exact")
     repo.save_many(list(got.values()))  # rewritten in the current layout on the next save
     for point in store.scroll(USERS, with_vectors=True):
         assert json.loads(point.payload["state"])["v"] == STATE_VERSION

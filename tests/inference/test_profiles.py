@@ -7,6 +7,7 @@ from inference.profiles import (
     MAX_RECENT,
     MAX_STATED_PHRASES,
     PHRASES_UNTIL_RECENT,
+    RECENT_INTERESTS,
     Profile,
     ProfileParams,
     apply_event,
@@ -96,6 +97,28 @@ def test_recent_and_purchased_are_bounded_and_deduplicated():
     assert len(set(p.purchased)) == len(p.purchased)
     p = ev(p, "again", EventType.view, 10_000, p.recent[0].item_id, unit(1, 0))
     assert [r.item_id for r in p.recent].count(p.recent[-1].item_id) == 1
+
+
+def test_units_count_instants_with_an_item_of_interest_a_basket_counting_once():
+    p = Profile("u")
+    for n, item in enumerate(["a", "b", "c"]):  # one basket: three lines at one time
+        p = ev(p, f"basket-{n}", EventType.purchase, 10.0, item, unit(1, 0))
+    assert p.units == 1
+    p = ev(p, "view", EventType.view, 20.0, "d", unit(1, 0))
+    p = ev(p, "no-item", EventType.search, 30.0, None)  # no item: not a unit
+    p = ev(p, "dupe", EventType.view, 20.0, "d", unit(1, 0))  # replayed: nothing changes
+    assert p.units == 2
+    if EVENT_WEIGHTS[EventType.remove_from_cart] <= 0:  # no interest: kept in recent, not a unit
+        p = ev(p, "remove", EventType.remove_from_cart, 40.0, "a", unit(1, 0))
+        assert p.units == 2 and p.recent[-1].item_id == "a"
+
+
+def test_latest_is_the_newest_slice_of_recent_that_interest_maths_reads():
+    p = Profile("u")
+    for n in range(RECENT_INTERESTS + 5):
+        p = ev(p, f"e{n}", EventType.view, float(n), f"i{n}", unit(1, 0))
+    assert len(p.recent) == RECENT_INTERESTS + 5 <= MAX_RECENT
+    assert p.latest == p.recent[-RECENT_INTERESTS:]
 
 
 def test_rfm_counts_purchases_only():

@@ -453,3 +453,99 @@ def test_groups_read_page_by_page_equal_groups_read_at_once(engine, monkeypatch)
     paged = engine.refresh_groups()
     assert pages == 5 and sum(paged["segments"].values()) == 30
     assert paged["segments"] == whole["segments"] and paged["interest_groups"] == whole["interest_groups"]
+
+
+# ---- the event encoder (user tower) ----------------------------------------------------------
+def tower_engine(tmp_path: Path, tiny_encoder, **kw) -> Recommender:
+    from inference.event_encoder import EventEncoder
+    from tests.fixtures.tiny_tower import build_tiny_tower
+
+    tower = EventEncoder(build_tiny_tower(tiny_encoder, ITEMS[:48], tmp_path / "tower"))
+    s = settings(tmp_path, **{"exploration_rate": 0.0, "weight_popularity": 0.0, "weight_category": 0.0, **kw})
+    engine = Recommender(tiny_encoder, open_store(url=None, api_key=None, data_dir=s.data_dir), s, tower=tower)
+    engine.upsert_items(ITEMS)  # i48..i63 are new to the tower: placed by their text
+    return engine
+
+
+def tower_top(engine: Recommender, history: list[tuple[str, float]], k: int, exclude: set[str]) -> list[str]:
+    """The top k by the tower's own arithmetic: its user vector from (item, time) oldest first,
+    dot products with every catalog item's tower vector."""
+    from inference.event_encoder import Window, unit_ages
+
+    tower = engine.tower
+    records = engine.items.get_many(i for i, _ in history)
+    ages, units = unit_ages([t for _, t in history])
+    vectors = np.stack([tower.item_vector(i, records[i].vector, records[i].title) for i, _ in history])
+    user = tower.user_vectors([Window(vectors, ages, units)])[0]
+    catalog = engine.items.get_many(i.item_id for i in ITEMS)
+    scores = {i: float(user @ tower.item_vector(i, r.vector, r.title)) for i, r in catalog.items() if i not in exclude}
+    return sorted(scores, key=lambda i: (-scores[i], i))[:k]
+
+
+def test_users_with_recent_items_are_answered_by_the_event_encoder(tmp_path, tiny_encoder):
+    engine = tower_engine(tmp_path, tiny_encoder)
+    try:
+        # a basket of two lines (one timestamp), then a view of an item the tower never saw
+        events = [ev(0, "u", "i3"), ev(1, "u", "i17"), ev(2, "u", "i50", EventType.view, minutes=5)]
+        rec = recs(engine.process_events(events))[0]
+        history = [("i3", 0.0), ("i17", 0.0), ("i50", 300.0)]
+        assert [i.item_id for i in rec.items] == tower_top(engine, history, 10, exclude={"i3", "i17"})
+        assert rec.model_version == f"{tiny_encoder.version}+{engine.tower.version}"
+        assert len(engine.items.tower_matrix) == len(ITEMS)
+        # an impression says nothing of interest: the window is unchanged
+        engine.process_events([ev(3, "u", "i40", EventType.impression, minutes=6)])
+        assert [i.item_id for i in engine.recommend("u").items] == [i.item_id for i in rec.items]
+        # a request filter the in-memory copy answers is applied to the tower's candidates
+        cheap = engine.recommend("u", k=5, filters=RequestFilters(max_price=20.0))
+        assert cheap.items and all(int(i.item_id[1:]) + 1.0 <= 20.0 for i in cheap.items)
+    finally:
+        engine.store.close()
+
+
+def test_users_without_recent_items_keep_the_text_path(tmp_path, tiny_encoder):
+    engine = tower_engine(tmp_path, tiny_encoder)
+    plain = open_engine(tmp_path / "plain", tiny_encoder, exploration_rate=0.0, weight_popularity=0.0,
+                        weight_category=0.0)
+    try:
+        plain.upsert_items(ITEMS)
+        intent = [Intent(schema=1, user_id="new", text="a candle and a lantern")]
+        with_tower, without = engine.seed_interests(intent)[0], plain.seed_interests(intent)[0]
+        assert [i.item_id for i in with_tower.items] == [i.item_id for i in without.items]
+    finally:
+        engine.store.close()
+        plain.store.close()
+
+
+def test_a_deleted_item_leaves_the_event_encoders_retrieval_at_once(tmp_path, tiny_encoder):
+    engine = tower_engine(tmp_path, tiny_encoder)
+    try:
+        first = recs(engine.process_events([ev(0, "d", "i5")]))[0].items[0].item_id
+        engine.upsert_items([Item(schema=1, item_id=first, title="", deleted=True)])
+        assert first not in engine.items.tower_matrix
+        assert first not in [i.item_id for i in engine.recommend("d").items]
+    finally:
+        engine.store.close()
+
+
+def test_a_model_swap_brings_its_event_encoder_and_a_version_without_one_drops_it(tmp_path, tiny_encoder,
+                                                                                 tiny_onnx_dir_v2):
+    from inference.encoder import TextEncoder
+    from inference.event_encoder import EventEncoder
+    from tests.fixtures.tiny_tower import build_tiny_tower
+
+    engine = tower_engine(tmp_path, tiny_encoder)
+    try:
+        engine.process_events([ev(0, "s", "i2")])
+        v2 = TextEncoder(tiny_onnx_dir_v2, device="cpu", threads=1)
+        tower_v2 = EventEncoder(build_tiny_tower(v2, ITEMS, tmp_path / "tower-v2", seed=8))
+        plan = engine.plan_swap(v2, str(tiny_onnx_dir_v2), tower_v2)
+        assert engine.recommend("s").model_version.endswith(engine.tower.version)  # the old one until the switch
+        engine.finish_swap(plan, v2.encode(plan.texts))
+        assert engine.tower is tower_v2 and len(engine.items.tower_matrix) == len(ITEMS)
+        assert engine.recommend("s").model_version == f"{v2.version}+{tower_v2.version}"
+        back = engine.plan_swap(tiny_encoder, None)
+        engine.finish_swap(back, tiny_encoder.encode(back.texts))
+        assert engine.tower is None and engine.items.tower_matrix is None
+        assert engine.recommend("s").model_version == tiny_encoder.version
+    finally:
+        engine.store.close()

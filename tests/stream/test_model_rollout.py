@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-from inference.encoder import read_manifest
+from inference.encoder import TextEncoder, read_manifest
+from inference.event_encoder import EventEncoder, tower_folder
 from inference.schemas import Event, EventType, Item, ModelUpdate, Recommendation, utcnow
 from stream import cli
 from stream.model_updates import announce
 from stream.settings import StreamSettings
 from tests.fixtures.kafka_fixtures import Deployment
+from tests.fixtures.tiny_tower import build_tiny_tower
 
 T0 = datetime(2011, 7, 1, 9, 0, tzinfo=timezone.utc)
 
@@ -43,11 +46,18 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
     d = Deployment(broker, tmp_path_factory.mktemp("rollout"), tiny_onnx_dir)
     for key in ("STREAMREC_KAFKA_BOOTSTRAP_SERVERS", "STREAMREC_TOPIC_PREFIX", "STREAMREC_ENCODER_ONNX_DIR"):
         monkeypatch.setenv(key, d.env[key])
-    v1, v2 = read_manifest(tiny_onnx_dir)["version"], read_manifest(tiny_onnx_dir_v2)["version"]
+    items = [Item(schema=1, item_id=f"i{n}", title=f"lantern candle teacup {n} colour {n % 7}") for n in range(300)]
+    # The new version carries an event encoder (as `streamrec train --tower` writes one): the
+    # worker swaps both, and answers users with recent items from the user tower.
+    v2_dir = tmp_path_factory.mktemp("v2") / "version"
+    shutil.copytree(tiny_onnx_dir_v2, v2_dir)
+    tower = EventEncoder(build_tiny_tower(TextEncoder(v2_dir, device="cpu", threads=1), items, tower_folder(v2_dir)))
+    v1, v2 = read_manifest(tiny_onnx_dir)["version"], read_manifest(v2_dir)["version"]
+    v2_served = f"{v2}+{tower.version}"
     try:
         worker = d.start_worker()
-        for n in range(300):
-            d.send("items", f"i{n}", Item(schema=1, item_id=f"i{n}", title=f"lantern candle teacup {n} colour {n % 7}"))
+        for item in items:
+            d.send("items", item.item_id, item)
         worker.wait_for(lambda s: s["processed"].get("item", 0) >= 300, 120, "the catalog")
         d.send("events", "reader", Event(schema=1, event_id="r0", user_id="reader", type=EventType.purchase, ts=T0,
                                          item_id="i3", price=2.0))
@@ -56,7 +66,7 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
         poller = Poller(worker, "reader")
         poller.start()
         recs = d.reader("recommendations")
-        announce(StreamSettings(), ModelUpdate(version=v2, path=str(tiny_onnx_dir_v2), dim=64, at=utcnow(),
+        announce(StreamSettings(), ModelUpdate(version=v2, path=str(v2_dir), dim=64, at=utcnow(),
                                                reason="train"))
         sent = []
         deadline = time.monotonic() + 120
@@ -81,8 +91,8 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
         failed = [a for a in poller.answers if not a[1]]
         assert not failed, f"{len(failed)} of {len(poller.answers)} requests failed during the swap"
         models = [a[2] for a in poller.answers]
-        switch = models.index(v2)
-        assert switch > 0 and set(models[:switch]) == {v1} and set(models[switch:]) == {v2}, "one clean switch"
+        switch = models.index(v2_served)
+        assert switch > 0 and set(models[:switch]) == {v1} and set(models[switch:]) == {v2_served}, "one clean switch"
         answered = recs.until(lambda ms: set(sent) <= {Recommendation.model_validate_json(m.value).trigger_event_id
                                                        for m in ms})
         assert answered
@@ -100,8 +110,10 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
         # forward again by name, then a restart keeps serving what was rolled out last
         assert cli.main(["rollback", "--to", v2]) == 0
         worker.wait_for(lambda s: s["model_version"] == v2, 60, "the roll-forward")
+        assert worker.get("/recommendations/reader?k=5")["model_version"] == v2_served
         worker.stop()
         worker = d.start_worker()
         assert worker.stats()["model_version"] == v2
+        assert worker.get("/recommendations/reader?k=5")["model_version"] == v2_served
     finally:
         d.close()

@@ -79,17 +79,18 @@ def test_unknown_baseline_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def write_retail(path: Path, n_users: int = 40, seed: int = 0) -> Path:
-    """Users buying 3-5 invoices of themed items (mugs or lamps), every fifth user only 2 (a new
-    customer for the text-only protocol): text tells the themes apart."""
+    """Users buying 3-5 invoices of three themed items (mugs or lamps), every fifth user only 2 (a
+    new customer for the text-only protocol): text tells the themes apart. No user buys an item
+    twice, so the worker's window of recent items (each item once) holds their whole past."""
     rng = np.random.default_rng(seed)
-    themes = {0: [f"RED MUG {i}" for i in range(12)], 1: [f"GARDEN LAMP {i}" for i in range(12)]}
+    themes = {0: [f"RED MUG {i}" for i in range(15)], 1: [f"GARDEN LAMP {i}" for i in range(15)]}
     rows, invoice = [], 500000
     for user in range(n_users):
-        theme = user % 2
+        theme, bought = user % 2, rng.permutation(15)
         for b in range(2 if user % 5 == 4 else int(rng.integers(3, 6))):
             invoice += 1
             day = pd.Timestamp("2011-01-03") + pd.Timedelta(days=7 * b + user % 5)
-            for item in rng.choice(12, size=3, replace=False):
+            for item in bought[3 * b:3 * b + 3]:
                 rows.append({
                     "InvoiceNo": str(invoice), "StockCode": f"{20000 + 100 * theme + int(item)}",
                     "Description": themes[theme][int(item)], "Quantity": 1,
@@ -110,11 +111,19 @@ def test_evaluate_online_retail_with_cold_start(
     result = run_json(
         capsys, "--format", "online-retail", "--path", str(path), "--baselines", "popularity",
         "--epochs", "2", "--cold-fraction", "0.3", "--report", str(tmp_path / "report"),
+        "--export-tower", str(tmp_path / "tower"),
     )
 
     assert result["protocol"]["unit"] == "basket"
     # Baskets have times: fresh popularity, alone and blended into streamrec's scores, is scored too.
-    assert set(result["results"]) == {"popularity", "streamrec", "fresh_popularity", "streamrec+fresh_popularity"}
+    assert set(result["results"]) == {"popularity", "streamrec", "fresh_popularity", "streamrec+fresh_popularity",
+                                      "worker_event_encoder"}
+    # The worker's window holds every user's whole past here (<= 15 items, none bought twice):
+    # serving the exported model through the engine ranks as the model does.
+    served, model = result["results"]["worker_event_encoder"], result["results"]["streamrec"]
+    for metric in ("hr@10", "ndcg@10", "mrr"):
+        assert served[metric] == pytest.approx(model[metric], abs=1e-3)
+    assert json.loads((tmp_path / "tower" / "tower.json").read_text())["item_ids"]
     blended = result["results"]["streamrec+fresh_popularity"]
     assert blended["half_life_days"] in (3.0, 7.0, 30.0) and blended["weight"] >= 0
     assert METRICS <= set(blended) and METRICS <= set(result["results"]["fresh_popularity"])

@@ -319,15 +319,20 @@ def test_fine_tune_publishes_a_version_the_encoder_loads(dump, tiny_model_dir: P
     assert read_registry(root)[0] == entries[0]
 
 
-def test_worse_than_base_is_not_published(dump, tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+def refit_scores_worse_than_base(monkeypatch) -> None:
+    """The offline check scores each base 0.5 and each tuned model 0.4 (the calls alternate)."""
     calls = []
 
     def fake_metrics(vectors, source, target, k=10):
         calls.append(len(source))
-        value = 0.5 if len(calls) % 2 else 0.4  # base, then tuned
+        value = 0.5 if len(calls) % 2 else 0.4
         return {"hr@10": value, "ndcg@10": value, "mrr": value}
 
     monkeypatch.setattr(finetune, "rank_metrics", fake_metrics)
+
+
+def test_worse_than_base_is_not_published(dump, tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    refit_scores_worse_than_base(monkeypatch)
     root = tmp_path / "models"
     result = train_version(options(dump, root, base=tiny_model_dir))
     assert result.published is False and result.path is None
@@ -383,3 +388,37 @@ def test_at_int8_the_version_to_announce_is_the_checked_int8_copy(dump, tiny_mod
     assert entry["version"] == fp32_version and entry["variants"] == {"int8": f"versions/{result.version}"}
     assert (root / "versions" / fp32_version / "hf").is_dir()
     assert train_version(options(dump, root, force=True, seed=1)).manifest["base_version"] == fp32_version
+
+
+def test_with_tower_the_version_carries_an_event_encoder_the_worker_serves(dump, tiny_model_dir: Path, tmp_path: Path):
+    from inference.event_encoder import EventEncoder, load_event_encoder
+
+    root = tmp_path / "models"
+    result = train_version(options(dump, root, base=tiny_model_dir, force=True, precision="int8", tower=True,
+                                   tower_time_budget=10.0))
+    fp32_dir = root / "versions" / result.manifest["quantized_from"]
+    tower = result.manifest["tower"]
+    assert tower["trained_on"]["users"] == 8 and tower["epochs"] >= 1
+    assert set(tower["metrics"]) == {"validation", "test"}
+    # Trained beside the new fp32 encoder; the int8 copy (the version announced) carries it too.
+    for folder in (fp32_dir, result.path):
+        served = load_event_encoder(folder)
+        assert isinstance(served, EventEncoder) and served.text_space == fp32_dir.name
+        assert served.known_items == len(TITLES) and served.places_new_items()
+    assert "event encoder:" in finetune.format_result(result)
+
+
+def test_with_tower_a_refit_worse_than_its_base_publishes_the_base_weights_beside_the_tower(
+        dump, tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    from inference.event_encoder import load_event_encoder
+
+    refit_scores_worse_than_base(monkeypatch)
+    root = tmp_path / "models"
+    result = train_version(options(dump, root, base=tiny_model_dir, tower=True, tower_time_budget=5.0))
+    assert result.published and result.manifest["encoder_weights"] == "base"
+    assert "not kept" in result.reason and "worse" in result.reason and "--force" not in result.reason
+    texts = ["red ceramic mug. kitchen", "tent pegs"]  # the served text encoder is the base
+    np.testing.assert_allclose(TextEncoder(result.path, device="cpu", threads=1).encode(texts),
+                               pooled_torch(tiny_model_dir, texts), atol=1e-4)
+    assert load_event_encoder(result.path).text_space == result.version
+    assert [e["version"] for e in read_registry(root)] == [result.version]

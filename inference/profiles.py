@@ -69,8 +69,10 @@ class Interest:
         return None if norm == 0.0 or not math.isfinite(norm) else self.total / norm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecentItem:
+    """One of a user's recent items (up to MAX_RECENT per profile, so kept without a __dict__)."""
+
     item_id: str
     type: EventType
     ts: float

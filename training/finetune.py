@@ -869,7 +869,8 @@ def train_version(options: FinetuneOptions) -> TrainResult:
     if options.tower:
         from training.tower_refit import refit_tower
 
-        manifest["tower"] = refit_tower(interactions, path, time_budget_s=options.tower_time_budget, seed=options.seed)
+        manifest["tower"] = refit_tower(interactions, path, time_budget_s=options.tower_time_budget, seed=options.seed,
+                                        progress=True)
         (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     entry = {
         "version": version,

@@ -61,6 +61,7 @@ def refit_tower(
     split, vocabulary = with_title_words(interaction_split(interactions))
     if split.n_users == 0:
         raise ValueError("no user has two units (baskets) in the log: the event encoder cannot be trained")
+    log.info("fitting the event encoder: %d users, %d items, up to %.0fs", split.n_users, split.n_items, time_budget_s)
     encoder = TextEncoder(version_dir, device="cpu", threads=torch.get_num_threads())
     text = encoder.encode(split.item_text)
     options = EvaluateOptions(time_budget_s=time_budget_s, seed=seed, progress=progress)

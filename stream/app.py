@@ -433,6 +433,7 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
                 "freshness_last_60s": state.freshness_summary(),
                 "healthy": state.healthy and state.broker_error is None,
                 "model_version": recommender.model_version,
+                "event_encoder": recommender.event_encoder,
                 "items_cached": recommender.items_cached,
                 "model_update": state.model_update,
                 "exploration_rate": {v: round(state.explored[v] / n, 4) for v, n in state.slots.items() if n},

@@ -65,6 +65,7 @@ class Ready(NamedTuple):
     model_version: str
     precision: str
     providers: tuple[str, ...]
+    event_encoder: str | None  # the served event encoder's version, where the model has one
 
 
 class Snapshot(NamedTuple):
@@ -72,6 +73,7 @@ class Snapshot(NamedTuple):
 
     model_version: str
     items_cached: int
+    event_encoder: str | None
 
 
 def outgoing(messages) -> list[Outgoing]:
@@ -115,7 +117,9 @@ class RecommenderService:
         return self.lanes["recommender"].submit(fn, *args).result()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.recommender.model_version, len(self.recommender.items))
+        tower = self.recommender.tower
+        return Snapshot(self.recommender.model_version, len(self.recommender.items),
+                        None if tower is None else tower.version)
 
     def drain_stages(self) -> list[tuple[str, float]]:
         taken = []
@@ -256,7 +260,7 @@ def _child_main(conn: Connection, loglevel: str, parent_pid: int) -> None:
         raise SystemExit(1) from None
     service = RecommenderService(recommender)
     conn.send(("ready", Ready(recommender.model_version, recommender.encoder.precision,
-                              tuple(recommender.encoder.providers))))
+                              tuple(recommender.encoder.providers), service.snapshot().event_encoder)))
     send_lock = threading.Lock()
 
     def run(call_id: int, operation: str, args: tuple) -> None:
@@ -331,7 +335,7 @@ class RecommenderProcess:
             self.process.join(timeout=5)
             raise RecommenderFailed(f"the recommender could not start:\n{value}")
         self.ready = value
-        self.snapshot = Snapshot(value.model_version, 0)
+        self.snapshot = Snapshot(value.model_version, 0, value.event_encoder)
         threading.Thread(target=self._read, name="recommender-answers", daemon=True).start()
         return self
 
@@ -342,6 +346,10 @@ class RecommenderProcess:
     @property
     def items_cached(self) -> int:
         return self.snapshot.items_cached
+
+    @property
+    def event_encoder(self) -> str | None:
+        return self.snapshot.event_encoder
 
     def submit(self, operation: str, *args: Any) -> Future:
         if operation not in OPERATIONS:

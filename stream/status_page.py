@@ -73,7 +73,7 @@ async function refresh() {
     $("dead-reasons").textContent = Object.entries(s.dead_lettered).map(([k, v]) => k + " " + v).join(", ");
     const f = s.freshness_last_60s;
     $("freshness").textContent = f.n ? f.p50_ms + " / " + f.p99_ms : "–";
-    $("model").textContent = s.model_version; $("items").textContent = s.items_cached; $("uptime").textContent = s.uptime_s;
+    $("model").textContent = s.model_version + (s.event_encoder ? " + " + s.event_encoder : ""); $("items").textContent = s.items_cached; $("uptime").textContent = s.uptime_s;
     fillRows("segments", Object.entries(s.segments || {}).map(([k, v]) => [k.replace(/_/g, " "), v]));
     fillRows("groups", (s.interest_groups || []).map((g) => [g.name, g.users]));
     const rates = Object.entries(s.exploration_rate || {});

@@ -85,8 +85,10 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
         poller.stop.set()
         poller.join(5)
 
-        update = worker.stats()["model_update"]
+        stats = worker.stats()
+        update = stats["model_update"]
         assert (update["status"], update["version"], update["previous"]) == ("serving", v2, v1)
+        assert stats["event_encoder"] == tower.version  # /stats says the user tower is served
         assert update["embedded"] == 300 and update["reused"] == 0
         failed = [a for a in poller.answers if not a[1]]
         assert not failed, f"{len(failed)} of {len(poller.answers)} requests failed during the swap"
@@ -106,6 +108,7 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
                                 60, "the rollback")
         assert stats["model_update"]["embedded"] == 0 and stats["model_update"]["reused"] == 300
         assert worker.get("/recommendations/reader?k=5")["model_version"] == v1
+        assert worker.stats()["event_encoder"] is None  # the first version has none
 
         # forward again by name, then a restart keeps serving what was rolled out last
         assert cli.main(["rollback", "--to", v2]) == 0
@@ -113,7 +116,7 @@ def test_a_new_version_is_served_without_a_gap_and_rolled_back_with_one_command(
         assert worker.get("/recommendations/reader?k=5")["model_version"] == v2_served
         worker.stop()
         worker = d.start_worker()
-        assert worker.stats()["model_version"] == v2
+        assert worker.stats()["model_version"] == v2 and worker.stats()["event_encoder"] == tower.version
         assert worker.get("/recommendations/reader?k=5")["model_version"] == v2_served
     finally:
         d.close()

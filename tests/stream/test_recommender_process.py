@@ -61,6 +61,7 @@ def test_events_come_back_as_wire_ready_recommendations_with_their_stage_timings
         first = Recommendation.model_validate_json(recs[0].value)
         assert recs[0].key == first.user_id.encode() and recs[0].slots == len(first.items) > 0
         assert recommender.items_cached == len(ITEMS)  # the snapshot that came with the answer
+        assert recommender.event_encoder is None  # the test encoder's folder has no tower
         assert all(seconds >= 0 for _, seconds in stages)
         # every stage of an event batch, each timed once per batch (the bench adds them up)
         names = [name for name, _ in stages]

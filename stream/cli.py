@@ -41,8 +41,9 @@ def _worker(args: argparse.Namespace) -> int:
     app = build_app(stream_settings, recommender, default_k=inference_settings.default_k,
                     catalog_refresh_s=inference_settings.catalog_refresh_s)
     logging.getLogger("streamrec").info(
-        "worker: model %s (%s) on %s, store %s, broker %s", recommender.model_version, recommender.ready.precision,
-        list(recommender.ready.providers), inference_settings.qdrant_url or inference_settings.data_dir,
+        "worker: model %s (%s) on %s, event encoder %s, store %s, broker %s", recommender.model_version,
+        recommender.ready.precision, list(recommender.ready.providers), recommender.event_encoder or "none",
+        inference_settings.qdrant_url or inference_settings.data_dir,
         stream_settings.kafka_bootstrap_servers,
     )
     worker = DeadlineWorker(app, loglevel=args.loglevel, quiet=True, workdir=str(inference_settings.data_dir),

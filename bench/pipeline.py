@@ -16,7 +16,9 @@ Measured, each phase repeated (default 3 times), median (min–max) over repetit
 - saturation: a backlog sent as fast as the producer can; the worker's rate while it drains
   what is already queued (producer finished), and freshness under that backlog;
 - the ceiling: a bare aiokafka consumer reading the same topic from the start (and the same with
-  the worker's input validation, stream.intake.decode, per message);
+  the worker's input validation, stream.intake.decode, per message); between it and the worker,
+  Faust's own ceiling: an agent that only counts the worker's batches, and one that also
+  validates (bench/faust_ceiling.py);
 - where the worker's time goes at saturation (its /metrics stage histograms, CPU from /proc);
 - the worker's RSS (resident and peak) after start, after the catalog and at the end.
 
@@ -267,11 +269,19 @@ def run_phase(worker: WorkerProcess, shop: Shop, wire: Wire, rate: float, n: int
     return phase
 
 
-async def _consume(bootstrap: str, topic: str, expected: int, validate: bool) -> float:
+CONSUMER_READS = ("batches", "batches+decode", "each")
+
+
+async def _consume(bootstrap: str, topic: str, expected: int, read: str) -> float:
+    """Events/s of a bare aiokafka consumer reading `topic` from the start: `batches` takes up to
+    10,000 records per getmany (the tightest ceiling), `batches+decode` also validates each
+    message as the worker does, `each` is aiokafka's own per-message `async for`."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from stream.intake import Limits, decode
 
+    if read not in CONSUMER_READS:
+        raise ValueError(f"read must be one of {CONSUMER_READS}, not {read!r}")
     limits = Limits()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=10)
@@ -282,12 +292,28 @@ async def _consume(bootstrap: str, topic: str, expected: int, validate: bool) ->
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         count, start, last_progress = 0, time.perf_counter(), time.perf_counter()
+        if read == "each":
+            async def each() -> None:
+                nonlocal count
+                async for _ in consumer:
+                    count += 1
+                    if count >= expected:
+                        return
+
+            task = asyncio.ensure_future(each())
+            seen = -1
+            while not task.done():  # give up after 20 s without a record, as the batch reads do
+                await asyncio.wait([task], timeout=20)
+                if count == seen:
+                    task.cancel()
+                seen = count
+            return count / (time.perf_counter() - start)
         while count < expected and time.perf_counter() - last_progress < 20:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for messages in batches.values():
                 count += len(messages)
                 last_progress = time.perf_counter()
-                if validate:
+                if read == "batches+decode":
                     for m in messages:
                         decode(m.value, Event, limits)
         return count / (time.perf_counter() - start)
@@ -295,8 +321,27 @@ async def _consume(bootstrap: str, topic: str, expected: int, validate: bool) ->
         await consumer.stop()
 
 
-def consume_rate(bootstrap: str, topic: str, expected: int, validate: bool) -> float:
-    return asyncio.run(_consume(bootstrap, topic, expected, validate))
+def consume_rate(bootstrap: str, topic: str, expected: int, read: str) -> float:
+    return asyncio.run(_consume(bootstrap, topic, expected, read))
+
+
+def faust_rate(bootstrap: str, topic: str, expected: int, work: str, timeout_s: float = 180.0) -> float:
+    """Events/s of a Faust agent that only counts (or validates) the topic (bench/faust_ceiling.py),
+    in a child process; NaN if it did not finish."""
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench.faust_ceiling", "--bootstrap", bootstrap, "--topic", topic,
+                               "--expected", str(expected), "--work", work],
+                              capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        return float("nan")
+    # Faust's worker writes terminal control codes before the line.
+    found = re.findall(r'\{"events".*\}', done.stdout)
+    if done.returncode != 0 or not found:
+        print(f"  faust ceiling ({work}) failed: {done.stderr[-500:]}", file=sys.stderr)
+        return float("nan")
+    return float(json.loads(found[-1])["rate"])
 
 
 _METRIC = re.compile(r'^(streamrec_(?:stage|batch)_seconds_(?:sum|count))\{(\w+)="([^"]+)"\} ([0-9.eE+-]+)$')
@@ -513,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = [plan] if args.fresh == "once" else [[step] for step in plan]
     ceiling: list[float] = []
     ceiling_v: list[float] = []
+    ceiling_each: list[float] = []
+    ceiling_faust: dict[str, list[float]] = {"each": [], "count": [], "decode": []}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         for g, group in enumerate(groups):
             last = g == len(groups) - 1
@@ -538,16 +585,28 @@ def main(argv: list[str] | None = None) -> int:
                     broker_rss = rss_text(stack.broker.pid) if stack.broker.pid else "n/a"
                     stack.close_clients()
                     total = wire.sent - stack.first_sent
-                    ceiling = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, False)
+                    ceiling = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, "batches")
                                for _ in range(args.repeats)]
-                    ceiling_v = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, True)
+                    ceiling_v = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, "batches+decode")
                                  for _ in range(args.repeats)]
+                    ceiling_each = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, "each")
+                                    for _ in range(args.repeats)]
+                    ceiling_faust = {work: [faust_rate(stack.broker.bootstrap, PREFIX + "events", total, work)
+                                            for _ in range(args.repeats)] for work in ("each", "count", "decode")}
 
     rows = []
     ceil = median(ceiling)
     rows.append(["ceiling: bare aiokafka consumer, same topic", "–", "–", spread(ceiling, 0), "1.00×", "–", "–", "–"])
     rows.append(["ceiling + intake.decode(Event) per message", "–", "–", spread(ceiling_v, 0),
                  ratio(median(ceiling_v), ceil), "–", "–", "–"])
+    rows.append(["bare aiokafka consumer, message by message (async for)", "–", "–", spread(ceiling_each, 0),
+                 ratio(median(ceiling_each), ceil), "–", "–", "–"])
+    rows.append(["Faust agent that only counts, message by message", "–", "–", spread(ceiling_faust["each"], 0),
+                 ratio(median(ceiling_faust["each"]), ceil), "–", "–", "–"])
+    rows.append(["Faust agent that only counts (worker's batches)", "–", "–", spread(ceiling_faust["count"], 0),
+                 ratio(median(ceiling_faust["count"]), ceil), "–", "–", "–"])
+    rows.append(["Faust agent + intake.decode(Event) per message", "–", "–", spread(ceiling_faust["decode"], 0),
+                 ratio(median(ceiling_faust["decode"]), ceil), "–", "–", "–"])
     for name, reps in phases.items():
         p50s = [percentiles(r.latencies_ms, (50,))[0] for r in reps]
         p99s = [percentiles(r.latencies_ms, (99,))[0] for r in reps]

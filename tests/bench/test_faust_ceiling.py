@@ -1,0 +1,44 @@
+"""The Faust ceiling probe (bench/faust_ceiling.py) against the real broker: reading the worker's
+way (batches, validation) counts exactly what the topic holds, and a run that cannot finish
+reports NaN, not a rate. (A Faust worker's group join takes ~20 s here, so one way only.)"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from kafka import KafkaProducer
+
+from bench.faust_ceiling import WORKS
+from bench.pipeline import faust_rate
+from inference.schemas import Event, EventType
+
+pytestmark = pytest.mark.integration
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def topic(broker) -> str:
+    name = f"ceiling-{uuid.uuid4().hex[:8]}"
+    broker.create_topics([name], partitions=2)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    for n in range(N):
+        event = Event(schema=1, event_id=f"e{n}", user_id=f"u{n % 7}", type=EventType.purchase, item_id="i1",
+                      ts=datetime.now(timezone.utc))
+        producer.send(name, key=event.user_id.encode(), value=event.to_bytes())
+    producer.flush()
+    producer.close()
+    return name
+
+
+def test_the_workers_way_reads_the_whole_topic(broker, topic):
+    assert "decode" in WORKS
+    rate = faust_rate(broker.bootstrap, topic, N, "decode", timeout_s=120)
+    assert math.isfinite(rate) and rate > 0
+
+
+def test_a_run_that_cannot_finish_is_nan(broker, topic):
+    assert math.isnan(faust_rate(broker.bootstrap, topic, N + 1, "count", timeout_s=10))

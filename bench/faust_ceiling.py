@@ -64,6 +64,7 @@ def build(bootstrap: str, topic: str, expected: int, work: str, settings: Stream
         if work == "each":
             async for _ in stream:
                 counted(1)
+            return
         async for batch in stream.take_growing(settings.batch_size, idle_s=settings.batch_window_s,
                                                max_wait_s=settings.batch_max_wait_s):
             if work == "decode":

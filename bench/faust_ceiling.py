@@ -11,7 +11,7 @@ expected count, prints one JSON line `{"events": n, "seconds": s, "rate": r}` an
 
 Run by bench.pipeline in a child process (a Faust worker owns its process's event loop):
 
-    python -m bench.faust_ceiling --bootstrap HOST:PORT --topic T --expected N [--work count|decode]
+    python -m bench.faust_ceiling --bootstrap HOST:PORT --topic T --expected N [--work count|decode|each]
 """
 
 from __future__ import annotations

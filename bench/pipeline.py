@@ -16,9 +16,10 @@ Measured, each phase repeated (default 3 times), median (min–max) over repetit
 - saturation: a backlog sent as fast as the producer can; the worker's rate while it drains
   what is already queued (producer finished), and freshness under that backlog;
 - the ceiling: a bare aiokafka consumer reading the same topic from the start (and the same with
-  the worker's input validation, stream.intake.decode, per message); between it and the worker,
-  Faust's own ceiling: an agent that only counts the worker's batches, and one that also
-  validates (bench/faust_ceiling.py);
+  the worker's input validation, stream.intake.decode, per message), and message by message
+  (`async for`); between it and the worker, Faust's own ceiling: an agent that does no work,
+  message by message, in the worker's batches, and validating each message
+  (bench/faust_ceiling.py);
 - where the worker's time goes at saturation (its /metrics stage histograms, CPU from /proc);
 - the worker's RSS (resident and peak) after start, after the catalog and at the end.
 
@@ -55,6 +56,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.faust_ceiling import WORKS as FAUST_WORKS
 from bench.report import (MIN_REPEATS, footer, header, median, mib, note, percentiles, process_tree, ratio,
                           rss_bytes, rss_split, spread, table)
 from inference.recommender import encoder_dir
@@ -559,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling: list[float] = []
     ceiling_v: list[float] = []
     ceiling_each: list[float] = []
-    ceiling_faust: dict[str, list[float]] = {"each": [], "count": [], "decode": []}
+    ceiling_faust: dict[str, list[float]] = {work: [] for work in FAUST_WORKS}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         for g, group in enumerate(groups):
             last = g == len(groups) - 1
@@ -592,21 +594,17 @@ def main(argv: list[str] | None = None) -> int:
                     ceiling_each = [consume_rate(stack.broker.bootstrap, PREFIX + "events", total, "each")
                                     for _ in range(args.repeats)]
                     ceiling_faust = {work: [faust_rate(stack.broker.bootstrap, PREFIX + "events", total, work)
-                                            for _ in range(args.repeats)] for work in ("each", "count", "decode")}
+                                            for _ in range(args.repeats)] for work in FAUST_WORKS}
 
     rows = []
     ceil = median(ceiling)
     rows.append(["ceiling: bare aiokafka consumer, same topic", "–", "–", spread(ceiling, 0), "1.00×", "–", "–", "–"])
-    rows.append(["ceiling + intake.decode(Event) per message", "–", "–", spread(ceiling_v, 0),
-                 ratio(median(ceiling_v), ceil), "–", "–", "–"])
-    rows.append(["bare aiokafka consumer, message by message (async for)", "–", "–", spread(ceiling_each, 0),
-                 ratio(median(ceiling_each), ceil), "–", "–", "–"])
-    rows.append(["Faust agent that only counts, message by message", "–", "–", spread(ceiling_faust["each"], 0),
-                 ratio(median(ceiling_faust["each"]), ceil), "–", "–", "–"])
-    rows.append(["Faust agent that only counts (worker's batches)", "–", "–", spread(ceiling_faust["count"], 0),
-                 ratio(median(ceiling_faust["count"]), ceil), "–", "–", "–"])
-    rows.append(["Faust agent + intake.decode(Event) per message", "–", "–", spread(ceiling_faust["decode"], 0),
-                 ratio(median(ceiling_faust["decode"]), ceil), "–", "–", "–"])
+    for label, rates in [("ceiling + intake.decode(Event) per message", ceiling_v),
+                         ("bare aiokafka consumer, message by message (async for)", ceiling_each),
+                         ("Faust agent that only counts, message by message", ceiling_faust["each"]),
+                         ("Faust agent that only counts (worker's batches)", ceiling_faust["count"]),
+                         ("Faust agent + intake.decode(Event) per message", ceiling_faust["decode"])]:
+        rows.append([label, "–", "–", spread(rates, 0), ratio(median(rates), ceil), "–", "–", "–"])
     for name, reps in phases.items():
         p50s = [percentiles(r.latencies_ms, (50,))[0] for r in reps]
         p99s = [percentiles(r.latencies_ms, (99,))[0] for r in reps]

@@ -1,6 +1,7 @@
 """The Faust ceiling probe (bench/faust_ceiling.py) against the real broker: reading the worker's
-way (batches, validation) counts exactly what the topic holds, and a run that cannot finish
-reports NaN, not a rate. (A Faust worker's group join takes ~20 s here, so one way only.)"""
+way (batches, validation) reads the whole topic (the probe reports only once it has counted every
+message), and a run that cannot finish reports NaN, not a rate. (A Faust worker's group join takes
+~20 s here, so one way only.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from datetime import datetime, timezone
 import pytest
 from kafka import KafkaProducer
 
-from bench.faust_ceiling import WORKS
 from bench.pipeline import faust_rate
 from inference.schemas import Event, EventType
 
@@ -35,7 +35,6 @@ def topic(broker) -> str:
 
 
 def test_the_workers_way_reads_the_whole_topic(broker, topic):
-    assert "decode" in WORKS
     rate = faust_rate(broker.bootstrap, topic, N, "decode", timeout_s=120)
     assert math.isfinite(rate) and rate > 0
 

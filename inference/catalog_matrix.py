@@ -87,6 +87,11 @@ class CatalogMatrix:
         self._category[row] = _MISSING if category is None else self._codes.setdefault(category, len(self._codes))
         self._price[row] = np.nan if price is None else price
 
+    def vector(self, item_id: str) -> np.ndarray | None:
+        """The item's stored vector (unit length with `normalize`), or None if it is not held."""
+        row = self._row.get(item_id)
+        return None if row is None else self._vectors[row]
+
     def forget(self, item_id: str) -> None:
         row = self._row.pop(item_id, None)
         if row is None:

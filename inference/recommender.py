@@ -33,6 +33,7 @@ from inference.catalog import (
     record_from_point,
     text_hash,
 )
+from inference.catalog_matrix import CatalogMatrix
 from inference.clustering import InterestCentroid, interest_centroids
 from inference.encoder import TextEncoder
 from inference.event_encoder import EventEncoder, Window, load_event_encoder, unit_ages
@@ -915,10 +916,9 @@ class Recommender:
         if not readable:
             return {}
         with self._stage("user_tower"):
-            records = self.items.get_many(r.item_id for i in readable for r in profiles[i].recent)
             owners, windows = [], []
             for i in readable:
-                window = tower_window(profiles[i], records, tower)
+                window = tower_window(profiles[i], matrix)
                 if window is not None:
                     owners.append(i)
                     windows.append(window)
@@ -1032,17 +1032,17 @@ class Recommender:
         return out
 
 
-def tower_window(profile: Profile, records: Mapping[str, ItemRecord], tower: EventEncoder) -> Window | None:
-    """The event encoder's view of a user's recent items: those still in the catalog whose events
-    speak of interest (not impressions, not removals), in order, a unit per timestamp (a
+def tower_window(profile: Profile, tower_vectors: CatalogMatrix) -> Window | None:
+    """The event encoder's view of a user's recent items: those whose events speak of interest
+    (not impressions, not removals) and that the catalog's tower vectors still hold (the item
+    cache mirrors each item's, `ItemCache.tower_matrix`), in order, a unit per timestamp (a
     basket's lines share theirs), behind the count of all the user's units. None where none
     is left."""
     vectors, keys = [], []
     for r in profile.recent:
-        record = records.get(r.item_id)
-        if record is None or EVENT_WEIGHTS[r.type] <= 0:
+        if EVENT_WEIGHTS[r.type] <= 0:
             continue
-        vector = tower.item_vector(r.item_id, record.vector, record.title)
+        vector = tower_vectors.vector(r.item_id)
         if vector is not None:
             vectors.append(vector)
             keys.append(r.ts)

@@ -84,6 +84,8 @@ def test_a_row_follows_its_item_and_a_forgotten_row_is_reused():
     assert "b" not in m and len(m) == 2
     m.put("d", np.array([0.8, 0.6]), in_stock=True, category=None, price=None)
     assert m._row["d"] == 1  # b's row
+    np.testing.assert_allclose(m.vector("d"), [0.8, 0.6])  # d's own vector, not b's left behind
+    assert m.vector("b") is None
     assert m.search(q, 5, filters=[None])[0].ids == ["a", "d", "c"]
     assert m.search(q, 5, filters=[Filter(equals={"category": "x"})])[0].ids == ["a"]
     assert m.search(q, 5, filters=[Filter(ranges={"price": (0.0, None)})])[0].ids == ["a", "c"]

@@ -12,6 +12,10 @@ expected count, prints one JSON line `{"events": n, "seconds": s, "rate": r}` an
 Run by bench.pipeline in a child process (a Faust worker owns its process's event loop):
 
     python -m bench.faust_ceiling --bootstrap HOST:PORT --topic T --expected N [--work count|decode|each]
+        [--workdir DIR]
+
+The agent ends the process with os._exit, which skips every cleanup: the Faust workdir is then
+removed by whoever made it (the caller's --workdir, or this program's own temporary one).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 import faust
 
@@ -35,7 +41,8 @@ from stream.transport import StreamrecApp
 WORKS = ("count", "decode", "each")
 
 
-def build(bootstrap: str, topic: str, expected: int, work: str, settings: StreamSettings) -> StreamrecApp:
+def build(bootstrap: str, topic: str, expected: int, work: str, settings: StreamSettings,
+          on_done: Callable[[], None] = lambda: None) -> StreamrecApp:
     app = StreamrecApp(
         f"bench-ceiling-{uuid.uuid4().hex[:8]}",  # a new group: reads from the earliest offset
         broker=f"kafka://{bootstrap}",
@@ -57,6 +64,7 @@ def build(bootstrap: str, topic: str, expected: int, work: str, settings: Stream
         if seen["n"] >= expected:
             seconds = time.perf_counter() - seen["first"]
             print(json.dumps({"events": seen["n"], "seconds": seconds, "rate": seen["n"] / seconds}), flush=True)
+            on_done()
             os._exit(0)  # a bench child: no commit or group leave to wait for
 
     @app.agent(source)
@@ -81,11 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--expected", type=int, required=True)
     parser.add_argument("--work", choices=WORKS, default="count")
+    parser.add_argument("--workdir", help="the Faust workdir, kept (default: a temporary one, removed)")
     args = parser.parse_args(argv)
-    app = build(args.bootstrap, args.topic, args.expected, args.work, StreamSettings())
-    with tempfile.TemporaryDirectory(prefix="streamrec-ceiling-") as workdir:
-        sys.argv = [sys.argv[0]]
+    workdir = args.workdir or tempfile.mkdtemp(prefix="streamrec-ceiling-")
+    remove = (lambda: None) if args.workdir else (lambda: shutil.rmtree(workdir, ignore_errors=True))
+    app = build(args.bootstrap, args.topic, args.expected, args.work, StreamSettings(), on_done=remove)
+    sys.argv = [sys.argv[0]]
+    try:
         faust.Worker(app, loglevel="WARNING", quiet=True, workdir=workdir, redirect_stdouts=False).execute_from_commandline()
+    finally:
+        remove()
     return 1  # the agent exits the process when it has counted everything; reaching here is a failure
 
 

@@ -329,15 +329,18 @@ def consume_rate(bootstrap: str, topic: str, expected: int, read: str) -> float:
 
 def faust_rate(bootstrap: str, topic: str, expected: int, work: str, timeout_s: float = 180.0) -> float:
     """Events/s of a Faust agent that only counts (or validates) the topic (bench/faust_ceiling.py),
-    in a child process; NaN if it did not finish."""
+    in a child process; NaN if it did not finish. The child's Faust workdir is ours, so that it
+    is removed even when the child is killed at the timeout."""
     import subprocess
 
-    try:
-        done = subprocess.run([sys.executable, "-m", "bench.faust_ceiling", "--bootstrap", bootstrap, "--topic", topic,
-                               "--expected", str(expected), "--work", work],
-                              capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
-    except subprocess.TimeoutExpired:
-        return float("nan")
+    with tempfile.TemporaryDirectory(prefix="streamrec-ceiling-") as workdir:
+        try:
+            done = subprocess.run([sys.executable, "-m", "bench.faust_ceiling", "--bootstrap", bootstrap, "--topic",
+                                   topic, "--expected", str(expected), "--work", work, "--workdir", workdir],
+                                  capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=Path(__file__).resolve().parent.parent)
+        except subprocess.TimeoutExpired:
+            return float("nan")
     # Faust's worker writes terminal control codes before the line.
     found = re.findall(r'\{"events".*\}', done.stdout)
     if done.returncode != 0 or not found:

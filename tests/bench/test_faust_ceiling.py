@@ -1,11 +1,13 @@
 """The Faust ceiling probe (bench/faust_ceiling.py) against the real broker: reading the worker's
 way (batches, validation) reads the whole topic (the probe reports only once it has counted every
-message), and a run that cannot finish reports NaN, not a rate. (A Faust worker's group join takes
+message), and a run that cannot finish reports NaN, not a rate; neither leaves its Faust workdir
+behind (the probe ends with os._exit, which skips cleanup). (A Faust worker's group join takes
 ~20 s here, so one way only.)"""
 
 from __future__ import annotations
 
 import math
+import tempfile
 import uuid
 from datetime import datetime, timezone
 
@@ -34,10 +36,22 @@ def topic(broker) -> str:
     return name
 
 
-def test_the_workers_way_reads_the_whole_topic(broker, topic):
+@pytest.fixture()
+def temp_root(tmp_path, monkeypatch):
+    """Temporary directories made by the probe or its caller land here, so that leftovers show."""
+    root = tmp_path / "temp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
+    return root
+
+
+def test_the_workers_way_reads_the_whole_topic(broker, topic, temp_root):
     rate = faust_rate(broker.bootstrap, topic, N, "decode", timeout_s=120)
     assert math.isfinite(rate) and rate > 0
+    assert list(temp_root.iterdir()) == []
 
 
-def test_a_run_that_cannot_finish_is_nan(broker, topic):
+def test_a_run_that_cannot_finish_is_nan(broker, topic, temp_root):
     assert math.isnan(faust_rate(broker.bootstrap, topic, N + 1, "count", timeout_s=10))
+    assert list(temp_root.iterdir()) == []

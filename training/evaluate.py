@@ -214,6 +214,7 @@ class EvaluateOptions:
 
     baselines: tuple[str, ...] = BASELINES
     exclude_seen: bool = True
+    bought_out_of_softmax: bool = True
     epochs: int | None = None
     time_budget_s: float | None = None
     peer_epochs: int = 5
@@ -262,6 +263,7 @@ def streamrec_config(split: ProtocolSplit, options: EvaluateOptions, *, cold: bo
         base,
         epochs=options.epochs or base.epochs,
         exclude_seen=options.exclude_seen,
+        bought_out_of_softmax=options.bought_out_of_softmax,
         time_budget_s=options.time_budget_s if options.time_budget_s is not None else base.time_budget_s,
         seed=options.seed,
         progress=options.progress,

@@ -42,6 +42,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-users", type=int, default=0, help="evaluate on this many users drawn at random (0: all)")
     p.add_argument("--include-seen", action="store_true",
                    help="rank already-bought items too (default: exclude them from ranking and targets)")
+    p.add_argument("--bought-as-negatives", action="store_true",
+                   help="keep a basket's already-bought items in streamrec's training softmax as negatives "
+                        "(default: left out; better warm ranking, new items rank lower)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start evaluations")
     p.add_argument("--no-served", action="store_true",
                    help="skip the worker's own answers (the exported event encoder replayed in the serving engine)")
@@ -72,6 +75,7 @@ def run_cli(args: argparse.Namespace) -> int:
     options = EvaluateOptions(
         baselines=args.baselines,
         exclude_seen=not args.include_seen,
+        bought_out_of_softmax=not args.bought_as_negatives,
         epochs=args.epochs,
         time_budget_s=args.time_budget,
         peer_epochs=args.peer_epochs,

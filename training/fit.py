@@ -5,7 +5,11 @@ Training examples come from the history units only (DESIGN §4):
 * item units (S3-Rec sequences): one window per user, the begin token then the history items;
   every position predicts the next item (SASRec-style, all positions trained at once);
 * baskets: one example per history basket, the past baskets (last ``max_len`` items) predicting
-  all items of that basket (cross-entropy averaged over the basket's items).
+  all items of that basket (cross-entropy averaged over the basket's items). Where the protocol
+  excludes already-bought items (as the worker does), they are neither targets nor (by default,
+  ``bought_out_of_softmax``) in the basket's softmax: the model is not taught to push down what
+  it will never be asked to rank, which in a dot-product model fights the pull of the user's own
+  past towards similar items. The price: new items, placed by their text alone, rank lower.
 
 The loss is cross-entropy over all items (no sampled negatives; items held out of training are
 left out of it: they are not in the catalog yet), which on CPU converges in far
@@ -47,6 +51,9 @@ class FitConfig:
     exclude_seen: bool = True
     # Drop already-bought items from basket targets when the protocol excludes them.
     novel_targets: bool = True
+    # ... and from the basket's softmax (False: they stay in it as negatives). Measured on Online
+    # Retail: warm NDCG@10 +4.5% with them out, new items (text-only vectors) reach ~30% less.
+    bought_out_of_softmax: bool = True
     val_users: int = 10_000
     # Start the item id embeddings from a factorisation of the training co-occurrences (0: off).
     warm_start_window: int = 0
@@ -75,6 +82,8 @@ class Example:
     unit_age: np.ndarray
     positions: np.ndarray
     targets: list[np.ndarray]
+    # Items left out of every query's softmax (the user's already-bought items, for baskets).
+    known: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def cooccurrence_embeddings(
@@ -142,14 +151,23 @@ def training_examples(
                 )
             )
             continue
-        seen: set[int] = set()
+        novel = config.exclude_seen and config.novel_targets
+        # The user's items in order of first purchase; a basket's known items are a prefix of
+        # it (a view, so memory stays linear in the history, not quadratic).
+        first_bought: dict[int, None] = {}
+        known_before = []
+        for unit in units:
+            known_before.append(len(first_bought))
+            first_bought.update(dict.fromkeys(unit))
+        bought = np.fromiter(first_bought, dtype=np.int64, count=len(first_bought))
         for b, unit in enumerate(units):
             target = np.unique(np.asarray(unit, dtype=np.int64))
-            if config.exclude_seen and config.novel_targets:
-                target = np.asarray([t for t in target if t not in seen], dtype=np.int64)
-            seen.update(unit)
+            known = bought[: known_before[b]] if novel else bought[:0]
+            target = target[~np.isin(target, known)]
             if len(target) == 0:
                 continue
+            if not config.bought_out_of_softmax:
+                known = bought[:0]
             tokens, ages = windows([units[:b]], max_len)
             examples.append(
                 Example(
@@ -157,6 +175,7 @@ def training_examples(
                     unit_age=ages[0].numpy(),
                     positions=np.asarray([tokens.shape[1] - 1]),
                     targets=[target],
+                    known=known,
                 )
             )
     return examples
@@ -178,7 +197,7 @@ def _collate(batch: list[Example]) -> tuple[torch.Tensor, ...]:
     length = max(len(e.tokens) for e in batch)
     tokens = torch.full((len(batch), length), PAD, dtype=torch.int64)
     ages = torch.zeros((len(batch), length), dtype=torch.int64)
-    q_rows, q_pos, t_query, t_item, t_weight = [], [], [], [], []
+    q_rows, q_pos, t_query, t_item, t_weight, k_query, k_item = [], [], [], [], [], [], []
     for b, e in enumerate(batch):
         pad = length - len(e.tokens)
         tokens[b, pad:] = torch.from_numpy(e.tokens)
@@ -190,6 +209,8 @@ def _collate(batch: list[Example]) -> tuple[torch.Tensor, ...]:
             t_query.extend([query] * len(target))
             t_item.extend(target.tolist())
             t_weight.extend([1.0 / len(target)] * len(target))
+            k_query.extend([query] * len(e.known))
+            k_item.extend(e.known.tolist())
     return (
         tokens,
         ages,
@@ -198,11 +219,13 @@ def _collate(batch: list[Example]) -> tuple[torch.Tensor, ...]:
         torch.as_tensor(t_query),
         torch.as_tensor(t_item),
         torch.as_tensor(t_weight, dtype=torch.float32),
+        torch.as_tensor(k_query, dtype=torch.int64),
+        torch.as_tensor(k_item, dtype=torch.int64),
     )
 
 
 def batch_loss(model: TwoTower, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    tokens, ages, q_rows, q_pos, t_query, t_item, t_weight = batch
+    tokens, ages, q_rows, q_pos, t_query, t_item, t_weight, k_query, k_item = batch
     item_vectors = model.items()
     hidden = model.encode(item_vectors, tokens, ages)
     logits = hidden[q_rows, q_pos] @ item_vectors.T
@@ -210,6 +233,8 @@ def batch_loss(model: TwoTower, batch: tuple[torch.Tensor, ...]) -> torch.Tensor
     # or the loss teaches the text projection to push their texts down, and they never rank.
     # (A large finite value, not -inf: a 0 target weight times -inf would be NaN.)
     logits = logits.masked_fill(model.items.id_mask[:, 0] == 0, -1e9)
+    # Items the user already has are never ranked (the protocol's and the worker's exclusion).
+    logits = logits.index_put((k_query, k_item), torch.tensor(-1e9))
     if len(t_query) == len(q_rows):  # one target per query: the fused, cheaper path
         return F.cross_entropy(logits, t_item)
     # Several targets (a basket): cross-entropy against the uniform distribution over them.

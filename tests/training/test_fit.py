@@ -70,9 +70,39 @@ def test_basket_examples_use_past_baskets_and_novel_targets() -> None:
     examples = training_examples(split, small())
     assert [e.targets[0].tolist() for e in examples] == [[0, 1], [2]]  # b was seen: not a target
     assert examples[1].tokens.tolist() == [BEGIN, 0, 1]
+    assert [e.known.tolist() for e in examples] == [[], [0, 1]]  # already bought: not ranked
     batch = _collate(examples)
     assert batch[0].shape == (2, 3)
     assert batch[4].tolist() == [0, 0, 1]  # target -> query
+    assert (batch[7].tolist(), batch[8].tolist()) == ([1, 1], [0, 1])  # known item -> query
+    keep_seen = training_examples(split, small(exclude_seen=False))
+    assert [e.known.size for e in keep_seen] == [0, 0]
+    as_negatives = training_examples(split, small(bought_out_of_softmax=False))
+    assert [e.targets[0].tolist() for e in as_negatives] == [[0, 1], [2]]
+    assert [e.known.size for e in as_negatives] == [0, 0]
+
+
+def test_already_bought_items_are_not_in_the_basket_softmax() -> None:
+    """Only the items the protocol ranks compete: making an already-bought item the model's
+    favourite by far leaves the loss as it was. (A window of one item keeps that item out of
+    what the user tower reads, so only its score moves.)"""
+    split = ProtocolSplit(
+        name="b", unit="basket", item_ids=list("abcdef"), users=["u"], units=[[[0], [1], [2, 3], [4], [5]]]
+    )
+    config = replace(small(), tower=TowerConfig(dim=16, layers=1, heads=2, max_len=1, dropout=0.0))
+    model = TwoTower(6, config.tower)
+    model.eval()
+    example = training_examples(split, config)[-1]
+    assert (example.targets[0].tolist(), example.known.tolist()) == ([2, 3], [0, 1])
+    assert 0 not in example.tokens
+    batch = _collate([example])
+    with torch.no_grad():
+        before = batch_loss(model, batch)
+        user = model.encode(model.items(), batch[0], batch[1])[0, -1]
+        model.items.ids.weight[0] += 100 * user / user.norm()
+        after = batch_loss(model, batch)
+    assert torch.isfinite(before)
+    assert torch.allclose(before, after)
 
 
 def test_fit_learns_a_predictable_sequence_and_beats_chance() -> None:

@@ -234,7 +234,9 @@ def batch_loss(model: TwoTower, batch: tuple[torch.Tensor, ...]) -> torch.Tensor
     # (A large finite value, not -inf: a 0 target weight times -inf would be NaN.)
     logits = logits.masked_fill(model.items.id_mask[:, 0] == 0, -1e9)
     # Items the user already has are never ranked (the protocol's and the worker's exclusion).
-    logits = logits.index_put((k_query, k_item), torch.tensor(-1e9))
+    # In place: logits is masked_fill's fresh tensor, and a copy of a (queries x items) matrix
+    # per batch is what item sequences, which have no such items, would pay for nothing.
+    logits.index_put_((k_query, k_item), torch.tensor(-1e9))
     if len(t_query) == len(q_rows):  # one target per query: the fused, cheaper path
         return F.cross_entropy(logits, t_item)
     # Several targets (a basket): cross-entropy against the uniform distribution over them.

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from inference.text_siblings import nearest_known
 from inference.title_words import TitleWords
 
 log = logging.getLogger("streamrec.inference.event_encoder")
@@ -129,6 +130,10 @@ class EventEncoder:
         self._proj_bias = arrays["text_proj_bias"].astype(np.float32) if "text_proj_bias" in arrays else None
         self._word_vectors = arrays["word_vectors"].astype(np.float32) if "word_vectors" in arrays else None
         self._words = TitleWords({w: j for j, w in enumerate(manifest.get("words", []))}, 0)
+        self._item_text = arrays["item_text"].astype(np.float32) if "item_text" in arrays else None
+        self.sibling_similarity: float | None = manifest.get("sibling_similarity")
+        if self._item_text is not None and self._item_text.shape[0] != len(self._items):
+            raise TowerNotAvailable(f"{folder}: {self._item_text.shape[0]} item texts for {len(self._items)} items")
         options = ort.SessionOptions()
         options.inter_op_num_threads = 1
         if threads is not None:
@@ -159,13 +164,20 @@ class EventEncoder:
 
     def item_vector(self, item_id: str, text_vector: np.ndarray, title: str) -> np.ndarray | None:
         """The item's vector in the tower's space: its learned one, or for an item the tower
-        never saw, the projection of its text vector plus its known title words' mean; None
-        where neither exists (a tower trained without text)."""
+        never saw, its text sibling's (a known item whose text it nearly repeats) or else the
+        projection of its text vector plus its known title words' mean; None where neither
+        exists (a tower trained without text). A sibling search reads every known item's text
+        vector: linear in the tower's catalog (1.7 ms for 3,659 items of 384 dimensions on the
+        2-core development machine, busy), paid once per new item as it is put."""
         row = self._row.get(item_id)
         if row is not None:
             return self._items[row]
         if self._proj_weight is None:
             return None
+        if self._item_text is not None and self.sibling_similarity is not None:
+            sibling = int(nearest_known(text_vector, self._item_text, self.sibling_similarity)[0])
+            if sibling >= 0:
+                return self._items[sibling]
         vector = self._proj_weight @ np.asarray(text_vector, dtype=np.float32) + self._proj_bias
         if self._word_vectors is not None:
             known = self._words.of(title)

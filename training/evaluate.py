@@ -15,8 +15,11 @@ Cold start (reported beside the warm figures, streamrec and popularity only):
 * **new items** (catalogs with item text): a deterministic ``cold_fraction`` of the items (by a
   hash of the item id) is removed from all training data of a separately trained model. Test
   cases are the users whose test unit holds at least one such item; the targets are those items,
-  ranked among all items. An unseen item's vector comes from its text alone (the content vector
-  that stands in for dropped ids in training, :mod:`training.model`), and the held-out items are
+  ranked among all items. An unseen item's vector comes from its text alone: the learned vector
+  of a known item whose text it nearly repeats (:mod:`inference.text_siblings`, as the worker
+  places it), else the content vector that stands in for dropped ids in training
+  (:mod:`training.model`); ``sibling_tradeoff`` scores other similarity thresholds and none,
+  with the whole validation baskets' NDCG@10 to choose by. The held-out items are
   left out of the training loss (not even negatives: they do not exist yet). Beside it, the
   same model on warm items scored the same way (``streamrec_warm_slices``: the known items cut
   by a hash into slices of the held-out one's size, each slice's items the targets, averaged),
@@ -87,6 +90,9 @@ K = 10
 # Factors by which the new-item cold start lengthens the held-out items' vectors, beside the
 # vectors as trained (factor 1.0, the model's own new-item and warm rankings).
 BOOST_FACTORS = (1.1, 1.2, 1.3, 1.4)
+# Text cosines from which the new-item cold start also tries placing new items by a text sibling
+# (None: content alone), beside the model's own setting.
+SIBLING_SIMILARITIES = (None, 0.8, 0.85, 0.9, 0.95)
 # Fresh popularity (catalogs with unit times): half-lives and blend weights tried on validation.
 FRESH_HALF_LIVES_DAYS = (3.0, 7.0, 30.0)
 # Weights of the phrase match beside the text-only users' tower scores (standardized), picked on
@@ -553,6 +559,15 @@ def cold_items(
         boosted = item_vectors.clone()
         boosted[held_out] *= factor
         tradeoff.append(tradeoff_row(factor, *ranked_with(boosted)))
+    # Text siblings: how far a new item's text may be from a known item's to take its vector.
+    siblings = []
+    for similarity in SIBLING_SIMILARITIES:
+        with torch.no_grad():
+            placed = model.items.placed(similarity)
+        row = tradeoff_row(1.0, *ranked_with(placed))
+        del row["factor"]
+        found = int((model.items.siblings(similarity)[held_out] >= 0).sum()) if similarity is not None else 0
+        siblings.append({"min_similarity": similarity, "placed_by_sibling": found, **row})
     with torch.no_grad():
         known_vectors = known.items()
     known_ranking = rank_cases(lambda u, p: score_users(known, split, u, p, known_vectors), cold_cases)
@@ -611,6 +626,8 @@ def cold_items(
         "warm_hr@10": warm.get("hr@10"),
         "cold_over_warm_hr@10": round(results["streamrec"]["hr@10"] / warm["hr@10"], 4) if warm.get("hr@10") else None,
         "boost_tradeoff": tradeoff,
+        "sibling_similarity": config.tower.sibling_similarity,
+        "sibling_tradeoff": siblings,
         "cold_over_warm_slices_hr@10": (
             round(results["streamrec"]["hr@10"] / results["streamrec_warm_slices"]["hr@10"], 4)
             if results["streamrec_warm_slices"]["hr@10"] else None

@@ -9,7 +9,9 @@
   training (whose id embedding is untrained, and masked) is placed by its text. Replacing (not
   adding) makes the content vector a whole item vector, trained to compete with id vectors in
   the same softmax; as a correction on top of an id vector it stayed a third of the ids' length,
-  and unknown items served by it never reached a top 10.
+  and unknown items served by it never reached a top 10. Outside training, an unknown item whose
+  text nearly repeats a known item's takes that item's vector instead
+  (:mod:`inference.text_siblings`, ``sibling_similarity``), as the worker does.
 * User tower: a causal transformer over the last ``max_len`` item vectors of the user's past (a
   begin token first, so an empty past is valid), with learned position (from the end of the
   window), unit-recency (how many baskets ago) and event-type embeddings. Its output at a
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from inference.event_encoder import MAX_UNIT_AGE
+from inference.text_siblings import DEFAULT_MIN_SIMILARITY, nearest_known, unit_rows
 
 # Event types of the events topic (DESIGN §3) the user tower can tell apart.
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
@@ -50,10 +53,15 @@ class TowerConfig:
     # How the content vector combines with the id vector of a known item: "replace" (id only;
     # content stands in where the id is dropped or unknown) or "add" (their sum).
     content: str = "replace"
+    # Outside training, an unknown item whose text has at least this cosine with a known item's
+    # takes that item's vector (inference/text_siblings.py); None: placed by content alone.
+    sibling_similarity: float | None = DEFAULT_MIN_SIMILARITY
 
     def __post_init__(self) -> None:
         if self.content not in CONTENT_MODES:
             raise ValueError(f"TowerConfig.content must be one of {CONTENT_MODES}, not {self.content!r}")
+        if self.sibling_similarity is not None and not 0.0 < self.sibling_similarity <= 1.0:
+            raise ValueError(f"TowerConfig.sibling_similarity must be in (0, 1] or None, not {self.sibling_similarity}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +82,7 @@ class ItemTower(nn.Module):
         super().__init__()
         self.n_items = n_items
         self.id_dropout = config.id_dropout
+        self.sibling_similarity = config.sibling_similarity
         self.replace = config.content == "replace"
         self.ids = nn.Embedding(n_items, config.dim)
         nn.init.normal_(self.ids.weight, std=0.02)
@@ -145,7 +154,22 @@ class ItemTower(nn.Module):
             out = out + self.attr_bag(flat, offsets)
         return out
 
-    def forward(self) -> torch.Tensor:
+    def siblings(self, min_similarity: float) -> torch.Tensor:
+        """(n_items,) for each unknown (id-masked) item, the known item whose text is nearest
+        where their cosine reaches ``min_similarity``; -1 elsewhere (and for every known item)."""
+        out = torch.full((self.n_items,), -1, dtype=torch.int64)
+        unknown = (self.id_mask[:, 0] == 0).cpu().numpy()
+        if self.text_proj is None or not unknown.any():
+            return out
+        text = unit_rows(self.text.cpu().numpy())
+        known_rows = np.flatnonzero(~unknown)
+        found = nearest_known(text[unknown], text[known_rows], min_similarity)
+        out[torch.from_numpy(np.flatnonzero(unknown))] = torch.from_numpy(np.where(found >= 0, known_rows[found], -1))
+        return out.to(self.id_mask.device)
+
+    def placed(self, sibling_similarity: float | None) -> torch.Tensor:
+        """Every item's vector, unknown items placed with this sibling similarity (None: by
+        content alone); in training mode ids are dropped at random and siblings are not used."""
         mask = self.id_mask
         if self.training and self.id_dropout > 0 and self.has_content:
             keep = (torch.rand(self.n_items, 1, device=mask.device) >= self.id_dropout).float()
@@ -153,8 +177,16 @@ class ItemTower(nn.Module):
         if not self.has_content:
             return self.ids.weight * mask
         if self.replace:
-            return self.ids.weight * mask + self.content() * (1.0 - mask)
-        return self.ids.weight * mask + self.content()
+            vectors = self.ids.weight * mask + self.content() * (1.0 - mask)
+        else:
+            vectors = self.ids.weight * mask + self.content()
+        if self.training or sibling_similarity is None:
+            return vectors
+        sibling = self.siblings(sibling_similarity)
+        return torch.where((sibling >= 0)[:, None], vectors[sibling.clamp(min=0)], vectors)
+
+    def forward(self) -> torch.Tensor:
+        return self.placed(self.sibling_similarity)
 
 
 class UserTower(nn.Module):

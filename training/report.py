@@ -100,6 +100,18 @@ def write_report(result: dict[str, Any], folder: Path) -> Path:
                           f"| {t['validation_ndcg@10']:.4f} |" for t in block["boost_tradeoff"]),
                         "",
                     ]
+                if block.get("sibling_tradeoff"):
+                    lines += [
+                        f"New items placed by a text sibling from a cosine of (served: {block['sibling_similarity']}):",
+                        "",
+                        "| min cosine | new items by sibling | new items HR@10 | warm targets HR@10 "
+                        "| validation NDCG@10 (whole baskets) |",
+                        "|---|---|---|---|---|",
+                        *(f"| {t['min_similarity'] if t['min_similarity'] is not None else 'none'} "
+                          f"| {t['placed_by_sibling']} | {t['new_items_hr@10']:.4f} | {t['warm_targets_hr@10']:.4f} "
+                          f"| {t['validation_ndcg@10']:.4f} |" for t in block["sibling_tradeoff"]),
+                        "",
+                    ]
     page = folder / "report.md"
     page.write_text("\n".join(lines))
     return page

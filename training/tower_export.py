@@ -8,7 +8,8 @@ What `inference/event_encoder.py` reads (its docstring says how the worker uses 
   output ``user`` (B, d), the user vector after the window's last event. Everything between the
   window and the user vector is in the graph, so the worker's vectors are the model's.
 * ``tables.npz``: every known item's vector, the begin token, and where the model has them the
-  text projection and the title words' vectors (to place items it never saw).
+  text projection, the title words' vectors and the known items' unit text vectors (to place
+  items it never saw: by a text sibling, :mod:`inference.text_siblings`, or by projection).
 * ``tower.json``: the manifest (dimensions, the text space the projection reads, the score scale
   the ranker divides by, what it was trained on and how well it did).
 
@@ -42,6 +43,7 @@ from inference.event_encoder import (
     stack_windows,
 )
 from inference.export import ExportMismatch, staged_folder
+from inference.text_siblings import unit_rows
 from inference.title_words import TitleWords
 from training.model import MAX_UNIT_AGE, PURCHASE, TwoTower
 from training.split import Phase, ProtocolSplit
@@ -116,6 +118,9 @@ def _tables(model: TwoTower, vocabulary: TitleWords | None) -> dict[str, np.ndar
         if items.text_proj is not None:
             tables["text_proj_weight"] = items.text_proj.weight.numpy().copy()
             tables["text_proj_bias"] = items.text_proj.bias.numpy().copy()
+            if items.sibling_similarity is not None:
+                # Zero rows for items the model never trained: they are nobody's sibling.
+                tables["item_text"] = unit_rows(items.text.numpy()) * items.id_mask.numpy()
         if vocabulary is not None and len(vocabulary) and items.attr_bag is not None:
             lo = vocabulary.offset
             tables["word_vectors"] = items.attr_bag.weight[lo:lo + len(vocabulary)].numpy().copy()
@@ -210,6 +215,7 @@ def export_tower(
             "last_item_skip": config.last_item_skip,
             "config": config.as_dict(),
             "text_space": text_space if "text_proj_weight" in tables else None,
+            "sibling_similarity": config.sibling_similarity if "item_text" in tables else None,
             "score_scale": score_scale(model, tables, scale_windows),
             "onnx_opset": opset,
             "item_ids": list(item_ids),

@@ -11,6 +11,7 @@ import pytest
 
 from stream.cli import main
 from training.evaluate import (
+    SIBLING_SIMILARITIES,
     EvaluateOptions,
     first_basket_texts,
     format_table,
@@ -147,6 +148,14 @@ def test_evaluate_online_retail_with_cold_start(
     assert tradeoff[0]["warm_targets_hr@10"] == pytest.approx(
         cold["new_items"]["results"]["streamrec_warm_targets"]["hr@10"], abs=1e-4
     )
+    siblings = cold["new_items"]["sibling_tradeoff"]
+    assert [t["min_similarity"] for t in siblings] == list(SIBLING_SIMILARITIES)
+    found = [t["placed_by_sibling"] for t in siblings]
+    assert found[0] == 0 and found[1:] == sorted(found[1:], reverse=True)  # stricter, fewer
+    assert found[1] <= cold["new_items"]["held_out_items"]
+    # The served threshold's row is the model's own new-item figure.
+    served_row = next(t for t in siblings if t["min_similarity"] == cold["new_items"]["sibling_similarity"])
+    assert served_row["new_items_hr@10"] == pytest.approx(cold["new_items"]["results"]["streamrec"]["hr@10"], abs=1e-4)
     for group in ("text_only_users", "text_only_new_users"):
         assert {"streamrec", "streamrec_tower", "worker_intent", "worker_intent_whole_text", "encoder_phrase_match",
                 "encoder_cosine", "popularity"} == set(cold[group]["results"])

@@ -267,6 +267,35 @@ def test_replace_mode_serves_ids_for_known_items_and_content_for_dropped_ones() 
     assert torch.equal(dropped, content)
 
 
+def test_an_unknown_item_whose_text_repeats_a_known_ones_takes_its_vector_outside_training() -> None:
+    text = np.eye(6, 5, dtype=np.float32)
+    text[4] = text[1] + 0.1 * text[2]  # item 4: nearly item 1's text (cosine 0.995)
+    text[5] = text[0] + text[3]        # item 5: halfway between items 0 and 3 (cosine 0.71)
+    model = TwoTower(6, TowerConfig(dim=8, layers=1, heads=2, max_len=4, id_dropout=0.5), text=text)
+    model.items.mask_ids(np.array([4, 5]))
+    assert model.items.siblings(0.85).tolist() == [-1, -1, -1, -1, 1, -1]
+    assert model.items.siblings(0.7).tolist() == [-1, -1, -1, -1, 1, 0]
+    with torch.no_grad():
+        content = model.items.content()
+        model.eval()
+        vectors = model.items()
+        without = model.items.placed(None)
+        torch.manual_seed(0)
+        model.train()  # training places new items by content: the content path is what learns
+        trained = model.items()
+    assert torch.equal(vectors[4], model.items.ids.weight[1])
+    assert torch.equal(vectors[5], content[5])
+    assert torch.equal(vectors[:4], model.items.ids.weight[:4])
+    assert torch.equal(without[4], content[4])
+    assert torch.equal(trained[4], content[4])
+
+
+def test_sibling_similarity_must_be_a_cosine_above_zero() -> None:
+    with pytest.raises(ValueError, match="sibling_similarity"):
+        TowerConfig(sibling_similarity=0.0)
+    assert TowerConfig(sibling_similarity=None).sibling_similarity is None
+
+
 def test_fit_text_projection_recovers_ids_that_are_a_linear_function_of_text() -> None:
     rng = np.random.default_rng(0)
     text = rng.normal(size=(40, 6)).astype(np.float32)

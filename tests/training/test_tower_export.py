@@ -93,6 +93,35 @@ def test_items_are_placed_as_the_item_tower_places_them(tmp_path):
     assert served.places_new_items()
 
 
+def test_a_new_item_whose_text_repeats_a_known_ones_is_served_that_items_vector(tmp_path):
+    config = TowerConfig(dim=16, layers=1, heads=2, max_len=8, sibling_similarity=0.9)
+    model = tower(config)
+    model.items.mask_ids(np.array([5]))  # never trained: nobody's sibling
+    folder = export_tower(model, [f"i{i}" for i in range(N_ITEMS)], tmp_path / "tower", vocabulary=None,
+                          text_space="enc-1", scale_windows=SCALE)
+    served = EventEncoder(folder)
+    text = model.items.text.numpy()
+    with torch.no_grad():
+        vectors = model.items().numpy()
+        projected = model.items.embed_text(torch.from_numpy(text[[5]]))[0].numpy()
+    assert served.sibling_similarity == 0.9
+    variant = 3.0 * text[7] + 0.05 * np.abs(text[8])  # item 7's text, longer, a little changed
+    np.testing.assert_allclose(served.item_vector("variant", variant, "x"), vectors[7], atol=1e-6)
+    np.testing.assert_allclose(served.item_vector("again", text[5], "x"), projected, atol=1e-5)
+
+
+def test_a_tower_without_siblings_places_new_items_by_projection(tmp_path):
+    model = tower(TowerConfig(dim=16, layers=1, heads=2, max_len=8, sibling_similarity=None))
+    folder = export_tower(model, [f"i{i}" for i in range(N_ITEMS)], tmp_path / "tower", vocabulary=None,
+                          text_space="enc-1", scale_windows=SCALE)
+    served = EventEncoder(folder)
+    text = model.items.text.numpy()
+    with torch.no_grad():
+        projected = model.items.embed_text(torch.from_numpy(text[[7]]))[0].numpy()
+    assert served.sibling_similarity is None and "item_text" not in np.load(folder / "tables.npz")
+    np.testing.assert_allclose(served.item_vector("copy", text[7], "x"), projected, atol=1e-5)
+
+
 def test_a_tower_without_text_serves_known_items_only(tmp_path):
     config = TowerConfig(dim=16, layers=1, heads=2, max_len=5)
     folder = export_tower(tower(config, text=False), [f"i{i}" for i in range(N_ITEMS)], tmp_path / "tower",

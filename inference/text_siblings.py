@@ -1,0 +1,44 @@
+"""Text siblings: a new item whose text nearly repeats a known item's takes that item's vector.
+
+Catalogs list one product in many variants ("RED RETROSPOT MUG", "BLUE RETROSPOT MUG"). The
+event encoder's item tower places an item it never saw by a projection of its text, a regression
+that shrinks towards the catalog's mean: such vectors are shorter than learned ones and rank low.
+A variant's learned sibling already carries what buyers do with the product, popularity included;
+starting the new item there is a better first guess, where the texts are that close. Measured on
+Online Retail (README, "Offline evaluation"): from a cosine of 0.85 up, whole-basket validation
+NDCG@10 rises a little and new items are found about 1.5 times as often; below ~0.8 unrelated
+items inherit vectors and validation falls.
+
+Training (training/model.py) and the worker (inference/event_encoder.py) both place new items
+with :func:`nearest_known`, so the evaluation measures what the worker serves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_MIN_SIMILARITY = 0.85
+"""Text cosine from which a new item takes its nearest known item's vector (picked on Online
+Retail's whole-basket validation NDCG@10 over 0.8, 0.85, 0.9, 0.95)."""
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero: they are nobody's sibling)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def nearest_known(queries: np.ndarray, known: np.ndarray, min_similarity: float) -> np.ndarray:
+    """For each query text vector (m, d), the row of ``known`` (k, d: unit rows, zero rows for
+    items that cannot be siblings) with the highest cosine, or -1 where that cosine is below
+    ``min_similarity``. Ties go to the lowest row."""
+    if not 0.0 < min_similarity <= 1.0:
+        raise ValueError(f"min_similarity must be in (0, 1], not {min_similarity}")
+    queries = unit_rows(np.atleast_2d(queries))
+    if len(known) == 0:
+        return np.full(len(queries), -1, dtype=np.int64)
+    similarity = queries @ np.asarray(known, dtype=np.float32).T
+    best = similarity.argmax(axis=1)
+    found = similarity[np.arange(len(queries)), best] >= min_similarity
+    return np.where(found, best, -1).astype(np.int64)

@@ -1,6 +1,7 @@
 """Text siblings: a new item whose text nearly repeats a known item's takes that item's vector.
 
-Catalogs list one product in many variants ("RED RETROSPOT MUG", "BLUE RETROSPOT MUG"). The
+Catalogs list one product in many variants ("GOLD MUG BONE CHINA TREE OF LIFE", "SILVER MUG
+BONE CHINA TREE OF LIFE": cosine 0.94 in the shipped encoder's space). The
 event encoder's item tower places an item it never saw by a projection of its text, a regression
 that shrinks towards the catalog's mean: such vectors are shorter than learned ones and rank low.
 A variant's learned sibling already carries what buyers do with the product, popularity included;

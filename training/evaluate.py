@@ -608,8 +608,10 @@ def cold_items(
         "protocol": (
             f"{int(drop.sum())} items ({options.cold_fraction:.0%} of the catalog, chosen by a hash of the "
             "item id) removed from all training data; cases: users whose test unit holds at least one of "
-            "them; targets: those items, ranked among all items; their vectors come from text alone. "
-            "streamrec_warm_targets: the same model on the other items of the test units. "
+            "them; targets: those items, ranked among all items; their vectors come from text alone"
+            + (f" (the learned vector of a known item whose text has a cosine >= {config.tower.sibling_similarity} "
+               "with theirs, else their text-made content vector). " if config.tower.sibling_similarity else ". ")
+            + "streamrec_warm_targets: the same model on the other items of the test units. "
             "streamrec_items_known: the main model, which trained on every item, on the same cases and "
             "targets (what these items reach once their ids are learned). streamrec_warm_slices: the "
             "same model with the known items split by a hash into slices the held-out one's size, each "

@@ -9,7 +9,8 @@ Training examples come from the history units only (DESIGN §4):
   excludes already-bought items (as the worker does), they are neither targets nor (by default,
   ``bought_out_of_softmax``) in the basket's softmax: the model is not taught to push down what
   it will never be asked to rank, which in a dot-product model fights the pull of the user's own
-  past towards similar items. The price: new items, placed by their text alone, rank lower.
+  past towards similar items. The price: new items placed by their text alone rank lower (text
+  siblings, :mod:`inference.text_siblings`, win part of it back).
 
 The loss is cross-entropy over all items (no sampled negatives; items held out of training are
 left out of it: they are not in the catalog yet), which on CPU converges in far
@@ -52,7 +53,7 @@ class FitConfig:
     # Drop already-bought items from basket targets when the protocol excludes them.
     novel_targets: bool = True
     # ... and from the basket's softmax (False: they stay in it as negatives). Measured on Online
-    # Retail: warm NDCG@10 +4.5% with them out, new items (text-only vectors) reach ~30% less.
+    # Retail: warm NDCG@10 +4.5% with them out, new items (placed by text alone) reach ~30% less.
     bought_out_of_softmax: bool = True
     val_users: int = 10_000
     # Start the item id embeddings from a factorisation of the training co-occurrences (0: off).

@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from inference.clustering import unit_rows
+
 DEFAULT_MIN_SIMILARITY = 0.85
 """Text cosine from which a new item takes its nearest known item's vector (picked on Online
 Retail's whole-basket validation NDCG@10 over 0.8, 0.85, 0.9, 0.95)."""
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (zero rows stay zero: they are nobody's sibling)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def nearest_known(queries: np.ndarray, known: np.ndarray, min_similarity: float) -> np.ndarray:
     """For each query text vector (m, d), the row of ``known`` (k, d: unit rows, zero rows for
     items that cannot be siblings) with the highest cosine, or -1 where that cosine is below
-    ``min_similarity``. Ties go to the lowest row."""
+    ``min_similarity``. Ties go to the lowest row. (:func:`unit_rows` keeps a zero row zero.)"""
     if not 0.0 < min_similarity <= 1.0:
         raise ValueError(f"min_similarity must be in (0, 1], not {min_similarity}")
     queries = unit_rows(np.atleast_2d(queries))

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from inference.event_encoder import MAX_UNIT_AGE
-from inference.text_siblings import DEFAULT_MIN_SIMILARITY, nearest_known, unit_rows
+from inference.clustering import unit_rows
+from inference.text_siblings import DEFAULT_MIN_SIMILARITY, nearest_known
 
 # Event types of the events topic (DESIGN §3) the user tower can tell apart.
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")

@@ -42,8 +42,8 @@ from inference.event_encoder import (
     Window,
     stack_windows,
 )
+from inference.clustering import unit_rows
 from inference.export import ExportMismatch, staged_folder
-from inference.text_siblings import unit_rows
 from inference.title_words import TitleWords
 from training.model import MAX_UNIT_AGE, PURCHASE, TwoTower
 from training.split import Phase, ProtocolSplit

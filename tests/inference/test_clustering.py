@@ -53,3 +53,8 @@ def test_cluster_names_come_from_the_nearest_titles():
     name = cluster_name(np.array([1, 0], np.float32), vectors, titles, top=2)
     assert name.split(" · ")[:2] == ["regency", "teacup"]
     assert "doormat" not in name
+
+
+def test_rows_are_scaled_to_unit_length_and_zero_rows_stay_zero():
+    rows = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0]])

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.text_siblings import nearest_known, unit_rows
-
-
-def test_rows_are_scaled_to_unit_length_and_zero_rows_stay_zero():
-    rows = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0]])
+from inference.clustering import unit_rows
+from inference.text_siblings import nearest_known
 
 
 def test_each_query_gets_its_nearest_known_row_only_from_the_threshold_up():

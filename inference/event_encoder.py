@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.text_siblings import nearest_known
+from inference.text_siblings import nearest_known, sibling_weights
 from inference.title_words import TitleWords
 
 log = logging.getLogger("streamrec.inference.event_encoder")
@@ -132,6 +132,8 @@ class EventEncoder:
         self._words = TitleWords({w: j for j, w in enumerate(manifest.get("words", []))}, 0)
         self._item_text = arrays["item_text"].astype(np.float32) if "item_text" in arrays else None
         self.sibling_similarity: float | None = manifest.get("sibling_similarity")
+        # Towers exported before the ramp existed placed new items by a step.
+        self.sibling_ramp = float(manifest.get("sibling_ramp", 0.0))
         if self._item_text is not None and self._item_text.shape[0] != len(self._items):
             raise TowerNotAvailable(f"{folder}: {self._item_text.shape[0]} item texts for {len(self._items)} items")
         options = ort.SessionOptions()
@@ -164,9 +166,10 @@ class EventEncoder:
 
     def item_vector(self, item_id: str, text_vector: np.ndarray, title: str) -> np.ndarray | None:
         """The item's vector in the tower's space: its learned one, or for an item the tower
-        never saw, its text sibling's (a known item whose text it nearly repeats) or else the
-        projection of its text vector plus its known title words' mean; None where neither
-        exists (a tower trained without text). A sibling search reads every known item's text
+        never saw, its text sibling's (a known item whose text it nearly repeats), a mix of that
+        and its own text-made vector (a close text, not that close: :mod:`inference.text_siblings`)
+        or else its own: the projection of its text vector plus its known title words' mean; None
+        where neither exists (a tower trained without text). A sibling search reads every known item's text
         vector: linear in the tower's catalog (1.7 ms for 3,659 items of 384 dimensions on the
         2-core development machine, busy), paid once per new item as it is put."""
         row = self._row.get(item_id)
@@ -174,15 +177,19 @@ class EventEncoder:
             return self._items[row]
         if self._proj_weight is None:
             return None
+        weight, sibling = 0.0, -1
         if self._item_text is not None and self.sibling_similarity is not None:
-            sibling = int(nearest_known(text_vector, self._item_text, self.sibling_similarity)[0])
-            if sibling >= 0:
+            rows, similarity = nearest_known(text_vector, self._item_text)
+            sibling, weight = int(rows[0]), float(sibling_weights(similarity, self.sibling_similarity, self.sibling_ramp)[0])
+            if weight == 1.0:
                 return self._items[sibling]
         vector = self._proj_weight @ np.asarray(text_vector, dtype=np.float32) + self._proj_bias
         if self._word_vectors is not None:
             known = self._words.of(title)
             if known:
                 vector = vector + self._word_vectors[known].mean(axis=0)
+        if weight > 0.0:
+            vector = weight * self._items[sibling] + (1.0 - weight) * vector
         return vector.astype(np.float32, copy=False)
 
     def user_vectors(self, windows: Sequence[Window]) -> np.ndarray:

@@ -17,9 +17,10 @@ Cold start (reported beside the warm figures, streamrec and popularity only):
   cases are the users whose test unit holds at least one such item; the targets are those items,
   ranked among all items. An unseen item's vector comes from its text alone: the learned vector
   of a known item whose text it nearly repeats (:mod:`inference.text_siblings`, as the worker
-  places it), else the content vector that stands in for dropped ids in training
-  (:mod:`training.model`); ``sibling_tradeoff`` scores other similarity thresholds and none,
-  with the whole validation baskets' NDCG@10 to choose by. The held-out items are
+  places it; a mix of that and its own where the texts are a little further apart), else the
+  content vector that stands in for dropped ids in training (:mod:`training.model`);
+  ``sibling_tradeoff`` scores other similarities, ramps and none, with the validation phase's
+  new-item HR@10 and whole baskets' NDCG@10 to choose by. The held-out items are
   left out of the training loss (not even negatives: they do not exist yet). Beside it, the
   same model on warm items scored the same way (``streamrec_warm_slices``: the known items cut
   by a hash into slices of the held-out one's size, each slice's items the targets, averaged),
@@ -90,9 +91,11 @@ K = 10
 # Factors by which the new-item cold start lengthens the held-out items' vectors, beside the
 # vectors as trained (factor 1.0, the model's own new-item and warm rankings).
 BOOST_FACTORS = (1.1, 1.2, 1.3, 1.4)
-# Text cosines from which the new-item cold start also tries placing new items by a text sibling
-# (None: content alone), beside the model's own setting.
-SIBLING_SIMILARITIES = (None, 0.8, 0.85, 0.9, 0.95)
+# (text cosine from which a new item takes its text sibling's vector, ramp below it over which it
+# mixes in; None: content alone) the new-item cold start also tries, beside the model's own.
+SIBLING_PLACEMENTS: tuple[tuple[float | None, float], ...] = (
+    (None, 0.0), (0.8, 0.0), (0.85, 0.0), (0.85, 0.05), (0.85, 0.1), (0.85, 0.15), (0.9, 0.0), (0.95, 0.0),
+)
 # Fresh popularity (catalogs with unit times): half-lives and blend weights tried on validation.
 FRESH_HALF_LIVES_DAYS = (3.0, 7.0, 30.0)
 # Weights of the phrase match beside the text-only users' tower scores (standardized), picked on
@@ -532,42 +535,49 @@ def cold_items(
     norms = item_vectors.norm(dim=1)
     held_out = torch.from_numpy(drop)
     validation = eval_cases(split, "validation", exclude_seen=options.exclude_seen)
+    validation_cold = eval_cases(split, "validation", exclude_seen=options.exclude_seen, only_items=drop)
 
-    def ranked_with(vectors: torch.Tensor, progress: bool = False) -> tuple[Ranking, Ranking, Ranking]:
-        """The new-item, warm-target and whole validation-basket rankings with these item vectors."""
+    def ranked_with(vectors: torch.Tensor, progress: bool = False) -> tuple[Ranking, ...]:
+        """The new-item, warm-target, validation new-item and whole validation-basket rankings
+        with these item vectors."""
         def score(users: np.ndarray, phase: Phase) -> torch.Tensor:
             return score_users(model, split, users, phase, vectors)
 
         return (rank_cases(score, cold_cases, desc="cold items" if progress else None),
                 rank_cases(score, warm_cases, desc="warm items" if progress else None),
-                rank_cases(score, validation))
+                rank_cases(score, validation_cold), rank_cases(score, validation))
 
-    def tradeoff_row(factor: float, cold: Ranking, warm: Ranking, validation: Ranking) -> dict[str, float]:
+    def tradeoff_row(factor: float, cold: Ranking, warm: Ranking, validation_new: Ranking,
+                     validation: Ranking) -> dict[str, float]:
         return {
             "factor": factor,
             "new_items_hr@10": round(cold.metrics(split.n_items)["hr@10"], 4),
             "warm_targets_hr@10": round(warm.metrics(split.n_items)["hr@10"], 4),
-            # Whole validation baskets: the figure a factor could be chosen by without the test.
+            # The validation phase: the figures a placement could be chosen by without the test.
+            "validation_new_items_hr@10": round(validation_new.metrics(split.n_items)["hr@10"], 4),
             "validation_ndcg@10": round(validation.metrics(split.n_items)["ndcg@10"], 4),
         }
 
-    cold, same_model_warm, as_trained_validation = ranked_with(item_vectors, options.progress)
+    cold, same_model_warm, *as_trained_validation = ranked_with(item_vectors, options.progress)
     # Lengthening the text-made vectors lifts new items in every ranking, at the warm targets'
     # expense: what reaching a cold-start figure by boosting new items would cost.
-    tradeoff = [tradeoff_row(1.0, cold, same_model_warm, as_trained_validation)]
+    tradeoff = [tradeoff_row(1.0, cold, same_model_warm, *as_trained_validation)]
     for factor in BOOST_FACTORS:
         boosted = item_vectors.clone()
         boosted[held_out] *= factor
         tradeoff.append(tradeoff_row(factor, *ranked_with(boosted)))
-    # Text siblings: how far a new item's text may be from a known item's to take its vector.
+    # Text siblings: how close a new item's text must be to a known item's to take (or mix in)
+    # its vector.
+    served = (config.tower.sibling_similarity, config.tower.sibling_ramp if config.tower.sibling_similarity else 0.0)
     siblings = []
-    for similarity in SIBLING_SIMILARITIES:
+    for similarity, ramp in SIBLING_PLACEMENTS + ((served,) if served not in SIBLING_PLACEMENTS else ()):
         with torch.no_grad():
-            placed = model.items.placed(similarity)
+            placed = model.items.placed(similarity, ramp)
         row = tradeoff_row(1.0, *ranked_with(placed))
         del row["factor"]
-        found = int((model.items.siblings(similarity)[held_out] >= 0).sum()) if similarity is not None else 0
-        siblings.append({"min_similarity": similarity, "placed_by_sibling": found, **row})
+        weights = model.items.siblings(similarity, ramp)[1][held_out] if similarity is not None else torch.zeros(1)
+        siblings.append({"min_similarity": similarity, "ramp": ramp, "placed_by_sibling": int((weights == 1).sum()),
+                         "mixed_with_sibling": int(((weights > 0) & (weights < 1)).sum()), **row})
     with torch.no_grad():
         known_vectors = known.items()
     known_ranking = rank_cases(lambda u, p: score_users(known, split, u, p, known_vectors), cold_cases)
@@ -610,7 +620,9 @@ def cold_items(
             "item id) removed from all training data; cases: users whose test unit holds at least one of "
             "them; targets: those items, ranked among all items; their vectors come from text alone"
             + (f" (the learned vector of a known item whose text has a cosine >= {config.tower.sibling_similarity} "
-               "with theirs, else their text-made content vector). " if config.tower.sibling_similarity else ". ")
+               f"with theirs; from {config.tower.sibling_similarity - config.tower.sibling_ramp:.2f} up a mix of "
+               "that and their own, rising linearly; else their text-made content vector). "
+               if config.tower.sibling_similarity else ". ")
             + "streamrec_warm_targets: the same model on the other items of the test units. "
             "streamrec_items_known: the main model, which trained on every item, on the same cases and "
             "targets (what these items reach once their ids are learned). streamrec_warm_slices: the "
@@ -629,6 +641,7 @@ def cold_items(
         "cold_over_warm_hr@10": round(results["streamrec"]["hr@10"] / warm["hr@10"], 4) if warm.get("hr@10") else None,
         "boost_tradeoff": tradeoff,
         "sibling_similarity": config.tower.sibling_similarity,
+        "sibling_ramp": config.tower.sibling_ramp,
         "sibling_tradeoff": siblings,
         "cold_over_warm_slices_hr@10": (
             round(results["streamrec"]["hr@10"] / results["streamrec_warm_slices"]["hr@10"], 4)

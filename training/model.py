@@ -10,8 +10,9 @@
   adding) makes the content vector a whole item vector, trained to compete with id vectors in
   the same softmax; as a correction on top of an id vector it stayed a third of the ids' length,
   and unknown items served by it never reached a top 10. Outside training, an unknown item whose
-  text nearly repeats a known item's takes that item's vector instead
-  (:mod:`inference.text_siblings`, ``sibling_similarity``), as the worker does.
+  text nearly repeats a known item's takes that item's vector instead, or a mix of the two where
+  the texts are a little further apart (:mod:`inference.text_siblings`, ``sibling_similarity``,
+  ``sibling_ramp``), as the worker does.
 * User tower: a causal transformer over the last ``max_len`` item vectors of the user's past (a
   begin token first, so an empty past is valid), with learned position (from the end of the
   window), unit-recency (how many baskets ago) and event-type embeddings. Its output at a
@@ -28,7 +29,7 @@ from torch import nn
 
 from inference.event_encoder import MAX_UNIT_AGE
 from inference.clustering import unit_rows
-from inference.text_siblings import DEFAULT_MIN_SIMILARITY, nearest_known
+from inference.text_siblings import DEFAULT_MIN_SIMILARITY, DEFAULT_RAMP, check_siblings, nearest_known, sibling_weights
 
 # Event types of the events topic (DESIGN §3) the user tower can tell apart.
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
@@ -57,12 +58,18 @@ class TowerConfig:
     # Outside training, an unknown item whose text has at least this cosine with a known item's
     # takes that item's vector (inference/text_siblings.py); None: placed by content alone.
     sibling_similarity: float | None = DEFAULT_MIN_SIMILARITY
+    # Over this cosine range below sibling_similarity the vector moves from content to the
+    # sibling's (0: a step).
+    sibling_ramp: float = DEFAULT_RAMP
 
     def __post_init__(self) -> None:
         if self.content not in CONTENT_MODES:
             raise ValueError(f"TowerConfig.content must be one of {CONTENT_MODES}, not {self.content!r}")
-        if self.sibling_similarity is not None and not 0.0 < self.sibling_similarity <= 1.0:
-            raise ValueError(f"TowerConfig.sibling_similarity must be in (0, 1] or None, not {self.sibling_similarity}")
+        if self.sibling_similarity is not None:
+            try:
+                check_siblings(self.sibling_similarity, self.sibling_ramp)
+            except ValueError as exc:
+                raise ValueError(f"TowerConfig.sibling_similarity / sibling_ramp: {exc}") from None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +91,7 @@ class ItemTower(nn.Module):
         self.n_items = n_items
         self.id_dropout = config.id_dropout
         self.sibling_similarity = config.sibling_similarity
+        self.sibling_ramp = config.sibling_ramp
         self.replace = config.content == "replace"
         self.ids = nn.Embedding(n_items, config.dim)
         nn.init.normal_(self.ids.weight, std=0.02)
@@ -155,22 +163,26 @@ class ItemTower(nn.Module):
             out = out + self.attr_bag(flat, offsets)
         return out
 
-    def siblings(self, min_similarity: float) -> torch.Tensor:
-        """(n_items,) for each unknown (id-masked) item, the known item whose text is nearest
-        where their cosine reaches ``min_similarity``; -1 elsewhere (and for every known item)."""
-        out = torch.full((self.n_items,), -1, dtype=torch.int64)
+    def siblings(self, full_at: float, ramp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each unknown (id-masked) item, the known item whose text is nearest and the share
+        of its vector in the unknown item's (:func:`sibling_weights`); (-1, 0) for every known
+        item and where no known item's text is close enough."""
+        rows = torch.full((self.n_items,), -1, dtype=torch.int64)
+        weights = torch.zeros(self.n_items)
         unknown = (self.id_mask[:, 0] == 0).cpu().numpy()
-        if self.text_proj is None or not unknown.any():
-            return out
-        text = unit_rows(self.text.cpu().numpy())
-        known_rows = np.flatnonzero(~unknown)
-        found = nearest_known(text[unknown], text[known_rows], min_similarity)
-        out[torch.from_numpy(np.flatnonzero(unknown))] = torch.from_numpy(np.where(found >= 0, known_rows[found], -1))
-        return out.to(self.id_mask.device)
+        if self.text_proj is not None and unknown.any():
+            text = unit_rows(self.text.cpu().numpy())
+            known_rows = np.flatnonzero(~unknown)
+            nearest, similarity = nearest_known(text[unknown], text[known_rows])
+            weight = sibling_weights(similarity, full_at, ramp)
+            at = torch.from_numpy(np.flatnonzero(unknown))
+            rows[at] = torch.from_numpy(np.where(weight > 0, known_rows[nearest.clip(min=0)], -1))
+            weights[at] = torch.from_numpy(weight)
+        return rows.to(self.id_mask.device), weights.to(self.id_mask.device)
 
-    def placed(self, sibling_similarity: float | None) -> torch.Tensor:
-        """Every item's vector, unknown items placed with this sibling similarity (None: by
-        content alone); in training mode ids are dropped at random and siblings are not used."""
+    def placed(self, sibling_similarity: float | None, ramp: float = 0.0) -> torch.Tensor:
+        """Every item's vector, unknown items placed with this sibling similarity and ramp (None:
+        by content alone); in training mode ids are dropped at random and siblings are not used."""
         mask = self.id_mask
         if self.training and self.id_dropout > 0 and self.has_content:
             keep = (torch.rand(self.n_items, 1, device=mask.device) >= self.id_dropout).float()
@@ -183,11 +195,12 @@ class ItemTower(nn.Module):
             vectors = self.ids.weight * mask + self.content()
         if self.training or sibling_similarity is None:
             return vectors
-        sibling = self.siblings(sibling_similarity)
-        return torch.where((sibling >= 0)[:, None], vectors[sibling.clamp(min=0)], vectors)
+        rows, weights = self.siblings(sibling_similarity, ramp)
+        weights = weights[:, None].to(vectors.dtype)
+        return weights * vectors[rows.clamp(min=0)] + (1.0 - weights) * vectors
 
     def forward(self) -> torch.Tensor:
-        return self.placed(self.sibling_similarity)
+        return self.placed(self.sibling_similarity, self.sibling_ramp)
 
 
 class UserTower(nn.Module):

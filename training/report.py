@@ -94,21 +94,25 @@ def write_report(result: dict[str, Any], folder: Path) -> Path:
                     lines += [
                         "New items' vectors lengthened by a factor, same model and cases:",
                         "",
-                        "| factor | new items HR@10 | warm targets HR@10 | validation NDCG@10 (whole baskets) |",
-                        "|---|---|---|---|",
+                        "| factor | new items HR@10 | warm targets HR@10 | validation: new items HR@10 "
+                        "| validation NDCG@10 (whole baskets) |",
+                        "|---|---|---|---|---|",
                         *(f"| {t['factor']:.1f} | {t['new_items_hr@10']:.4f} | {t['warm_targets_hr@10']:.4f} "
-                          f"| {t['validation_ndcg@10']:.4f} |" for t in block["boost_tradeoff"]),
+                          f"| {t['validation_new_items_hr@10']:.4f} | {t['validation_ndcg@10']:.4f} |"
+                          for t in block["boost_tradeoff"]),
                         "",
                     ]
                 if block.get("sibling_tradeoff"):
                     lines += [
-                        f"New items placed by a text sibling from a cosine of (served: {block['sibling_similarity']}):",
+                        f"New items placed by a text sibling (served: from a cosine of {block['sibling_similarity']}, "
+                        f"mixed in over a ramp of {block.get('sibling_ramp', 0.0)} below it):",
                         "",
-                        "| min cosine | new items by sibling | new items HR@10 | warm targets HR@10 "
-                        "| validation NDCG@10 (whole baskets) |",
-                        "|---|---|---|---|---|",
-                        *(f"| {t['min_similarity'] if t['min_similarity'] is not None else 'none'} "
-                          f"| {t['placed_by_sibling']} | {t['new_items_hr@10']:.4f} | {t['warm_targets_hr@10']:.4f} "
+                        "| sibling from cosine | ramp | new items by sibling | mixed | new items HR@10 | warm targets HR@10 "
+                        "| validation: new items HR@10 | validation NDCG@10 (whole baskets) |",
+                        "|---|---|---|---|---|---|---|---|",
+                        *(f"| {t['min_similarity'] if t['min_similarity'] is not None else 'none'} | {t['ramp']} "
+                          f"| {t['placed_by_sibling']} | {t['mixed_with_sibling']} | {t['new_items_hr@10']:.4f} "
+                          f"| {t['warm_targets_hr@10']:.4f} | {t['validation_new_items_hr@10']:.4f} "
                           f"| {t['validation_ndcg@10']:.4f} |" for t in block["sibling_tradeoff"]),
                         "",
                     ]

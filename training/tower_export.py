@@ -216,6 +216,7 @@ def export_tower(
             "config": config.as_dict(),
             "text_space": text_space if "text_proj_weight" in tables else None,
             "sibling_similarity": config.sibling_similarity if "item_text" in tables else None,
+            "sibling_ramp": config.sibling_ramp,
             "score_scale": score_scale(model, tables, scale_windows),
             "onnx_opset": opset,
             "item_ids": list(item_ids),

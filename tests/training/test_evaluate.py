@@ -11,7 +11,7 @@ import pytest
 
 from stream.cli import main
 from training.evaluate import (
-    SIBLING_SIMILARITIES,
+    SIBLING_PLACEMENTS,
     EvaluateOptions,
     first_basket_texts,
     format_table,
@@ -149,12 +149,19 @@ def test_evaluate_online_retail_with_cold_start(
         cold["new_items"]["results"]["streamrec_warm_targets"]["hr@10"], abs=1e-4
     )
     siblings = cold["new_items"]["sibling_tradeoff"]
-    assert [t["min_similarity"] for t in siblings] == list(SIBLING_SIMILARITIES)
-    found = [t["placed_by_sibling"] for t in siblings]
+    assert [(t["min_similarity"], t["ramp"]) for t in siblings] == list(SIBLING_PLACEMENTS)
+    steps = [t for t in siblings if t["ramp"] == 0.0]
+    found = [t["placed_by_sibling"] for t in steps]
     assert found[0] == 0 and found[1:] == sorted(found[1:], reverse=True)  # stricter, fewer
     assert found[1] <= cold["new_items"]["held_out_items"]
-    # The served threshold's row is the model's own new-item figure.
-    served_row = next(t for t in siblings if t["min_similarity"] == cold["new_items"]["sibling_similarity"])
+    assert all(t["mixed_with_sibling"] == 0 for t in steps)
+    # A ramp mixes more items in as it widens, and places the same ones wholly.
+    ramps = [t for t in siblings if t["min_similarity"] == 0.85]
+    assert len({t["placed_by_sibling"] for t in ramps}) == 1
+    assert [t["mixed_with_sibling"] for t in ramps] == sorted(t["mixed_with_sibling"] for t in ramps)
+    # The served placement's row is the model's own new-item figure.
+    served_row = next(t for t in siblings if (t["min_similarity"], t["ramp"]) == (
+        cold["new_items"]["sibling_similarity"], cold["new_items"]["sibling_ramp"]))
     assert served_row["new_items_hr@10"] == pytest.approx(cold["new_items"]["results"]["streamrec"]["hr@10"], abs=1e-4)
     for group in ("text_only_users", "text_only_new_users"):
         assert {"streamrec", "streamrec_tower", "worker_intent", "worker_intent_whole_text", "encoder_phrase_match",

@@ -271,10 +271,12 @@ def test_an_unknown_item_whose_text_repeats_a_known_ones_takes_its_vector_outsid
     text = np.eye(6, 5, dtype=np.float32)
     text[4] = text[1] + 0.1 * text[2]  # item 4: nearly item 1's text (cosine 0.995)
     text[5] = text[0] + text[3]        # item 5: halfway between items 0 and 3 (cosine 0.71)
-    model = TwoTower(6, TowerConfig(dim=8, layers=1, heads=2, max_len=4, id_dropout=0.5), text=text)
+    config = TowerConfig(dim=8, layers=1, heads=2, max_len=4, id_dropout=0.5, sibling_similarity=0.85, sibling_ramp=0.0)
+    model = TwoTower(6, config, text=text)
     model.items.mask_ids(np.array([4, 5]))
-    assert model.items.siblings(0.85).tolist() == [-1, -1, -1, -1, 1, -1]
-    assert model.items.siblings(0.7).tolist() == [-1, -1, -1, -1, 1, 0]
+    rows, weights = model.items.siblings(0.85, 0.0)
+    assert rows.tolist() == [-1, -1, -1, -1, 1, -1] and weights.tolist() == [0, 0, 0, 0, 1, 0]
+    assert model.items.siblings(0.7, 0.0)[0].tolist() == [-1, -1, -1, -1, 1, 0]
     with torch.no_grad():
         content = model.items.content()
         model.eval()
@@ -290,9 +292,28 @@ def test_an_unknown_item_whose_text_repeats_a_known_ones_takes_its_vector_outsid
     assert torch.equal(trained[4], content[4])
 
 
-def test_sibling_similarity_must_be_a_cosine_above_zero() -> None:
+def test_below_the_sibling_similarity_an_unknown_item_mixes_its_content_with_the_siblings_vector() -> None:
+    text = np.eye(6, 5, dtype=np.float32)
+    text[4] = text[1] + 0.1 * text[2]  # cosine 0.995 with item 1: all sibling
+    text[5] = text[0] + text[3]        # cosine 0.707 with item 0: 0.707 - 0.657 = 0.05 into a 0.1 ramp
+    config = TowerConfig(dim=8, layers=1, heads=2, max_len=4, sibling_similarity=0.757, sibling_ramp=0.1)
+    model = TwoTower(6, config, text=text)
+    model.items.mask_ids(np.array([4, 5]))
+    model.eval()
+    with torch.no_grad():
+        rows, weights = model.items.siblings(0.757, 0.1)
+        vectors, content, ids = model.items(), model.items.content(), model.items.ids.weight
+    assert rows.tolist() == [-1, -1, -1, -1, 1, 0]
+    share = float(weights[5])
+    assert share == pytest.approx((np.sqrt(0.5) - 0.657) / 0.1, abs=1e-4) and 0 < share < 1
+    assert torch.equal(vectors[4], ids[1])
+    torch.testing.assert_close(vectors[5], share * ids[0] + (1 - share) * content[5])
+
+
+@pytest.mark.parametrize(("similarity", "ramp"), [(0.0, 0.0), (0.85, 0.9), (0.85, -0.1)])
+def test_sibling_similarity_and_ramp_must_leave_a_cosine_above_zero(similarity, ramp) -> None:
     with pytest.raises(ValueError, match="sibling_similarity"):
-        TowerConfig(sibling_similarity=0.0)
+        TowerConfig(sibling_similarity=similarity, sibling_ramp=ramp)
     assert TowerConfig(sibling_similarity=None).sibling_similarity is None
 
 

@@ -10,6 +10,7 @@ import torch
 
 from inference.event_encoder import TOWER_MANIFEST, EventEncoder, Window, unit_ages
 from inference.export import ExportMismatch
+from inference.text_siblings import nearest_known, sibling_weights
 from inference.title_words import TitleWords
 from training import tower_export
 from training.model import TowerConfig, TwoTower, windows
@@ -108,6 +109,30 @@ def test_a_new_item_whose_text_repeats_a_known_ones_is_served_that_items_vector(
     variant = 3.0 * text[7] + 0.05 * np.abs(text[8])  # item 7's text, longer, a little changed
     np.testing.assert_allclose(served.item_vector("variant", variant, "x"), vectors[7], atol=1e-6)
     np.testing.assert_allclose(served.item_vector("again", text[5], "x"), projected, atol=1e-5)
+
+
+def test_a_new_item_whose_text_is_close_to_a_known_ones_is_served_a_mix_of_both_vectors(tmp_path):
+    model = tower(TowerConfig(dim=16, layers=1, heads=2, max_len=8, sibling_similarity=0.9, sibling_ramp=0.2))
+    folder = export_tower(model, [f"i{i}" for i in range(N_ITEMS)], tmp_path / "tower", vocabulary=None,
+                          text_space="enc-1", scale_windows=SCALE)
+    served = EventEncoder(folder)
+    assert (served.sibling_similarity, served.sibling_ramp) == (0.9, 0.2)
+    text = model.items.text.numpy()
+    with torch.no_grad():
+        vectors = model.items().numpy()
+    # Item 7's text turned towards another's until their cosine is inside the ramp.
+    for step in np.linspace(0.1, 2.0, 40):
+        query = text[7] / np.linalg.norm(text[7]) + step * text[11] / np.linalg.norm(text[11])
+        rows, similarity = nearest_known(query, served._item_text)
+        share = float(sibling_weights(similarity, 0.9, 0.2)[0])
+        if rows[0] == 7 and 0.2 < share < 0.8:
+            break
+    else:
+        pytest.fail("no query inside the ramp")
+    with torch.no_grad():
+        own = model.items.embed_text(torch.from_numpy(query[None].astype(np.float32)))[0].numpy()
+    np.testing.assert_allclose(served.item_vector("close", query, "x"), share * vectors[7] + (1 - share) * own,
+                               atol=1e-5)
 
 
 def test_a_tower_without_siblings_places_new_items_by_projection(tmp_path):

@@ -29,7 +29,9 @@ DEFAULT_MIN_SIMILARITY = 0.85
 Retail's whole-basket validation NDCG@10 over 0.8, 0.85, 0.9, 0.95)."""
 DEFAULT_RAMP = 0.1
 """Width of the cosine range below :data:`DEFAULT_MIN_SIMILARITY` over which a new item's vector
-moves from its own text-made one to its sibling's (0: a step)."""
+moves from its own text-made one to its sibling's (0: a step). On Online Retail (README, "A ramp
+below the sibling cosine") 0.1 found new items 19% more often on validation than the step, for
+0.4% of whole-basket validation NDCG@10: a trade made for new items, which 0 declines."""
 
 
 def check_siblings(full_at: float, ramp: float) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.text_siblings import nearest_known, sibling_weights
+from inference.text_siblings import mixed_with_sibling, nearest_known, sibling_weights
 from inference.title_words import TitleWords
 
 log = logging.getLogger("streamrec.inference.event_encoder")
@@ -189,7 +189,7 @@ class EventEncoder:
             if known:
                 vector = vector + self._word_vectors[known].mean(axis=0)
         if weight > 0.0:
-            vector = weight * self._items[sibling] + (1.0 - weight) * vector
+            vector = mixed_with_sibling(vector, self._items[sibling], weight)
         return vector.astype(np.float32, copy=False)
 
     def user_vectors(self, windows: Sequence[Window]) -> np.ndarray:

@@ -9,7 +9,7 @@ starting the new item there is the better first guess where the texts are that c
 
 From ``full_at`` up the new item takes its sibling's vector; over the ``ramp`` below it, a mix
 that moves linearly from its own text-made vector to the sibling's. On the known items of
-Online Retail (each item's nearest other item by text, README "Text siblings for new items"),
+Online Retail (each item's nearest other item by text, README "A ramp below the sibling cosine"),
 the sibling's vector and the text-made one point about equally close to an item's learned
 vector at cosines 0.75-0.85 (0.47-0.49 against 0.50-0.48), and a mix of the two closer than
 either (0.56): below the step the text-made vector was all a near-variant got.
@@ -62,3 +62,9 @@ def sibling_weights(similarity: np.ndarray, full_at: float, ramp: float = DEFAUL
     if ramp == 0.0:
         return (similarity >= full_at).astype(np.float32)
     return np.clip((similarity - (full_at - ramp)) / ramp, 0.0, 1.0).astype(np.float32)
+
+
+def mixed_with_sibling(own, sibling, weight):
+    """A new item's vector: ``weight`` (:func:`sibling_weights`) of its sibling's, the rest its
+    own (numpy arrays or torch tensors alike)."""
+    return weight * sibling + (1.0 - weight) * own

@@ -29,7 +29,7 @@ from torch import nn
 
 from inference.event_encoder import MAX_UNIT_AGE
 from inference.clustering import unit_rows
-from inference.text_siblings import DEFAULT_MIN_SIMILARITY, DEFAULT_RAMP, check_siblings, nearest_known, sibling_weights
+from inference.text_siblings import DEFAULT_MIN_SIMILARITY, DEFAULT_RAMP, check_siblings, mixed_with_sibling, nearest_known, sibling_weights
 
 # Event types of the events topic (DESIGN §3) the user tower can tell apart.
 EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression")
@@ -197,7 +197,7 @@ class ItemTower(nn.Module):
             return vectors
         rows, weights = self.siblings(sibling_similarity, ramp)
         weights = weights[:, None].to(vectors.dtype)
-        return weights * vectors[rows.clamp(min=0)] + (1.0 - weights) * vectors
+        return mixed_with_sibling(vectors, vectors[rows.clamp(min=0)], weights)
 
     def forward(self) -> torch.Tensor:
         return self.placed(self.sibling_similarity, self.sibling_ramp)

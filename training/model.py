@@ -170,7 +170,8 @@ class ItemTower(nn.Module):
         rows = torch.full((self.n_items,), -1, dtype=torch.int64)
         weights = torch.zeros(self.n_items)
         unknown = (self.id_mask[:, 0] == 0).cpu().numpy()
-        if self.text_proj is not None and unknown.any():
+        # Every item unknown: no sibling to take (and none to index).
+        if self.text_proj is not None and unknown.any() and not unknown.all():
             text = unit_rows(self.text.cpu().numpy())
             known_rows = np.flatnonzero(~unknown)
             nearest, similarity = nearest_known(text[unknown], text[known_rows])

@@ -310,6 +310,15 @@ def test_below_the_sibling_similarity_an_unknown_item_mixes_its_content_with_the
     torch.testing.assert_close(vectors[5], share * ids[0] + (1 - share) * content[5])
 
 
+def test_with_every_item_unknown_each_is_placed_by_its_content() -> None:
+    model = TwoTower(3, TowerConfig(dim=8, layers=1, heads=2, max_len=4), text=np.eye(3, 4, dtype=np.float32))
+    model.items.mask_ids(np.arange(3))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.items(), model.items.content())
+    assert model.items.siblings(0.85, 0.1)[0].tolist() == [-1, -1, -1]
+
+
 @pytest.mark.parametrize(("similarity", "ramp"), [(0.0, 0.0), (0.85, 0.9), (0.85, -0.1)])
 def test_sibling_similarity_and_ramp_must_leave_a_cosine_above_zero(similarity, ramp) -> None:
     with pytest.raises(ValueError, match="sibling_similarity"):

@@ -392,9 +392,12 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
                 )
             except ValueError as exc:
                 return self.json({"error": f"bad query parameter: {exc}"}, status=400)
-            if not 1 <= k <= 200 or not 1 <= len(user_id) <= 128:
-                return self.json({"error": "k must be 1..200 and user_id 1..128 characters"}, status=400)
-            return self.json(await in_executor("recommend", user_id, k, filters))
+            request_id = request.query.get("request_id")
+            if not 1 <= k <= 200 or not 1 <= len(user_id) <= 128 or (request_id is not None
+                                                                     and not 1 <= len(request_id) <= 128):
+                return self.json({"error": "k must be 1..200, user_id and request_id 1..128 characters"},
+                                 status=400)
+            return self.json(await in_executor("recommend", user_id, k, filters, request_id))
 
     @app.page("/users/{user_id}")
     class UserView(View):

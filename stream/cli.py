@@ -91,7 +91,7 @@ def _recommend(args: argparse.Namespace) -> int:
     from stream.settings import StreamSettings
 
     settings = StreamSettings()
-    query = urllib.parse.urlencode({"k": args.k})
+    query = urllib.parse.urlencode({"k": args.k, **({"request_id": args.request_id} if args.request_id else {})})
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     url = f"http://{host}:{settings.http_port}/recommendations/{urllib.parse.quote(args.user, safe='')}?{query}"
     headers = {"Authorization": f"Bearer {settings.http_token.get_secret_value()}"} if settings.http_token else {}
@@ -284,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="ask a running worker for a user's recommendations")
     rec.add_argument("user")
     rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--request-id", default=None,
+                     help="name the request: asking again with the same id gets the same recommendation id and "
+                          "exploration draws")
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_recommend)
 

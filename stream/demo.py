@@ -208,7 +208,8 @@ def _print_new_customer(worker: WorkerProcess, log) -> None:
 
 
 def _print_recommended(worker: WorkerProcess, user_id: str, titles: dict[str, str]) -> None:
-    rec = worker.get(f"/recommendations/{user_id}?k=8")
+    # A named request draws its exploration from its id: the demo shows the same slots on every run.
+    rec = worker.get(f"/recommendations/{user_id}?k=8&request_id=demo-{user_id}")
     print("  recommended now:")
     for item in rec["items"]:
         mark = " [explore]" if item.get("explore") else ""

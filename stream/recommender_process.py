@@ -153,8 +153,9 @@ class RecommenderService:
     def erasures(self, erasures) -> list[Outgoing]:
         return self._outgoing(self.recommender.erase_users(erasures))
 
-    def recommend(self, user_id: str, k: int, filters) -> dict:
-        return self.recommender.recommend(user_id, k=k, filters=filters).model_dump(mode="json", by_alias=True)
+    def recommend(self, user_id: str, k: int, filters, request_id: str | None = None) -> dict:
+        return self.recommender.recommend(user_id, k=k, filters=filters, request_id=request_id).model_dump(
+            mode="json", by_alias=True)
 
     def describe_user(self, user_id: str) -> dict:
         return self.recommender.describe_user(user_id)

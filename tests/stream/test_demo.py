@@ -21,4 +21,8 @@ def test_the_demo_replays_real_customers_and_answers_a_new_one_from_their_words(
     new = out.split(f'who typed: "{NEW_CUSTOMER.text}"', 1)[1].split("== measured", 1)[0]
     assert "the whole text and 3 phrases of it" in new
     lines = re.findall(r"^ {4}\d\. .* — (.*)$", new, flags=re.M)
-    assert len(lines) == 8 and sum("interests you told us about" in reason for reason in lines) >= 5
+    stated = [reason for reason in lines if not reason.startswith("something new to explore")]
+    # The demo names its request, so its exploration draws are the same on every machine and run
+    # (they once came from a random id, and a CI run drew 3 explored slots of 8).
+    assert len(lines) == 8 and len(stated) >= 5, lines
+    assert all(reason == "matches the interests you told us about" for reason in stated), lines

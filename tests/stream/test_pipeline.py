@@ -111,9 +111,11 @@ def test_http_view_answers_from_the_same_state_and_state_survives_a_restart(depl
     recs = deployment.reader("recommendations")
     deployment.send("events", "erin", event("e1", "erin", "i30"))
     recs.until(lambda ms: "e1" in {r.trigger_event_id for r in recs_of(ms)})
-    live = deployment.worker.get("/recommendations/erin?k=40")
+    live = deployment.worker.get("/recommendations/erin?k=40&request_id=page-7")
     assert live["user_id"] == "erin" and "i30" not in {i["item_id"] for i in live["items"]}
+    assert live["request_id"] == "page-7"
     assert deployment.worker.get("/recommendations/erin?k=0", quiet=True)["error"]
+    assert deployment.worker.get(f"/recommendations/erin?request_id={'r' * 129}", quiet=True)["error"]
 
     deployment.worker.stop()
     # The clean stop wrote popularity into the shares of the partitions the events came from
@@ -123,9 +125,11 @@ def test_http_view_answers_from_the_same_state_and_state_survives_a_restart(depl
     assert shares and {name.split("/")[0] for name in shares} <= {"0", "1", "2", "3"}, shares.keys()
     assert any("i30" in counts for counts in shares.values())
     worker = deployment.start_worker()
-    again = worker.get("/recommendations/erin?k=40")
+    again = worker.get("/recommendations/erin?k=40&request_id=page-7")
     assert "i30" not in {i["item_id"] for i in again["items"]}, "the purchase was forgotten across a restart"
     assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in live["items"]]
+    assert again["rec_id"] == live["rec_id"], "the same request id is the same recommendation"
+    assert worker.get("/recommendations/erin?k=40")["rec_id"] != live["rec_id"]
 
 
 def test_the_worker_creates_the_topics_it_writes_at_start(broker, tmp_path_factory, tiny_onnx_dir):

@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -184,6 +185,14 @@ class PeerRun:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def new_run_dir(workdir: Path, name: str) -> Path:
+    """A fresh folder for one peer run, named by its start time. Unique even for runs started in
+    the same second: two evaluations (seeds side by side) once shared one, and both trained on
+    whichever config.json was written last."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-{int(time.time())}-", dir=workdir))
+
+
 def run_peer(
     split: ProtocolSplit,
     cases: EvalCases,
@@ -201,7 +210,7 @@ def run_peer(
     workdir = Path(workdir).absolute()
     python = ensure_peer_venv(Path(venv).absolute() if venv else workdir.parent / "peer-venv")
     name = "streamrec_" + hashlib.sha256(split.name.encode()).hexdigest()[:8]
-    run_dir = workdir / f"{name}-{int(time.time())}"
+    run_dir = new_run_dir(workdir, name)
     data_dir = run_dir / "data"
     rows = write_atomic_files(split, data_dir, name, settings.max_len)
     write_cases(split, cases, run_dir / "cases.json", settings.max_len)

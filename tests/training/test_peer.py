@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.peer import INTER_HEADER, PEER_REQUIREMENTS, write_atomic_files, write_cases
+from training.peer import INTER_HEADER, PEER_REQUIREMENTS, new_run_dir, write_atomic_files, write_cases
 from training.split import ProtocolSplit, eval_cases
 
 
@@ -82,3 +82,10 @@ def test_a_peer_that_cannot_start_is_reported_not_raised_raw(tmp_path: Path) -> 
     s = split()
     with pytest.raises(PeerUnavailable, match="cannot start"):
         run_peer(s, eval_cases(s, "test"), tmp_path / "runs", PeerSettings(epochs=1), venv=venv)
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
+    workdir = tmp_path / "peer-runs"  # created on first use
+    first, second = new_run_dir(workdir, "streamrec_ab"), new_run_dir(workdir, "streamrec_ab")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == second.parent == workdir and first.name.startswith("streamrec_ab-")

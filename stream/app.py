@@ -18,7 +18,8 @@ from typing import Any
 from faust.exceptions import ConsumerNotStarted
 from faust.web import Request as WebRequest, Response, View
 
-from inference.schemas import DeadLetter, Erasure, Event, Intent, Item, Message, ModelUpdate, Request, RequestFilters, utcnow
+from inference.schemas import (MAX_ID_LEN, MAX_K, DeadLetter, Erasure, Event, Intent, Item, Message, ModelUpdate,
+                               Request, RequestFilters, utcnow)
 from inference.store import StoreError
 from stream.batching import GrowingBatchStream
 from stream.intake import Accepted, Limits, Rejected, decode
@@ -393,9 +394,9 @@ def build_app(settings: StreamSettings, recommender: RecommenderProcess, *, defa
             except ValueError as exc:
                 return self.json({"error": f"bad query parameter: {exc}"}, status=400)
             request_id = request.query.get("request_id")
-            if not 1 <= k <= 200 or not 1 <= len(user_id) <= 128 or (request_id is not None
-                                                                     and not 1 <= len(request_id) <= 128):
-                return self.json({"error": "k must be 1..200, user_id and request_id 1..128 characters"},
+            ids = (user_id,) if request_id is None else (user_id, request_id)
+            if not 1 <= k <= MAX_K or not all(1 <= len(i) <= MAX_ID_LEN for i in ids):
+                return self.json({"error": f"k must be 1..{MAX_K}, user_id and request_id 1..{MAX_ID_LEN} characters"},
                                  status=400)
             return self.json(await in_executor("recommend", user_id, k, filters, request_id))
 

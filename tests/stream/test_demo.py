@@ -23,6 +23,6 @@ def test_the_demo_replays_real_customers_and_answers_a_new_one_from_their_words(
     lines = re.findall(r"^ {4}\d\. .* — (.*)$", new, flags=re.M)
     stated = [reason for reason in lines if not reason.startswith("something new to explore")]
     # The demo names its request, so its exploration draws are the same on every machine and run
-    # (they once came from a random id, and a CI run drew 3 explored slots of 8).
+    # (they once came from a random id, and a CI run left only 4 of the 8 slots to the stated interests).
     assert len(lines) == 8 and len(stated) >= 5, lines
     assert all(reason == "matches the interests you told us about" for reason in stated), lines
